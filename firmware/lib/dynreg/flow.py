@@ -1,0 +1,84 @@
+"""The boot flow: read NVS; no device secret -> register, store, commit, reset; else log in over MQTT."""
+
+import gc
+import random
+import time
+
+import machine
+
+from dynreg import ConfigError, DynregError, log, net
+from dynreg.device import Device
+from dynreg.store import Store
+
+PLATFORMS = ("tencent", "ucloud", "protco")
+
+
+def device_name(st):
+    """The device name from NVS, or the lowercase hex of the Wi-Fi MAC when none is set."""
+    name = st.text("dev_name")
+    if name:
+        return name
+    import binascii
+    import network
+
+    return binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
+
+
+def backoff_ms(attempt, base_ms, cap_ms):
+    """Capped exponential back-off with jitter: a random wait in [d/2, d], d = min(cap, base * 2^(attempt-1))."""
+    d = min(cap_ms, base_ms << min(attempt - 1, 20))
+    return d // 2 + random.getrandbits(20) % (d // 2 + 1)
+
+
+def _platform(st):
+    name = st.text("platform")
+    if name not in PLATFORMS:
+        raise ConfigError("NVS key 'platform' is %r; expected one of %s" % (name, ", ".join(PLATFORMS)))
+    return __import__("dynreg." + name, None, None, ["register"])
+
+
+def _attempt(st, plat, name):
+    ssid = st.text("wifi_ssid")
+    if ssid:
+        net.wifi_connect(ssid, st.text("wifi_pass", ""))
+    net.set_clock()
+    if not plat.registered(st):
+        log("no device secret in NVS: registering %s device %r" % (st.text("platform"), name))
+        items = plat.register(st, name)  # (key, value) pairs, the one registered() checks last
+        gc.collect()
+        for key, value in items:
+            st.set(key, value)
+        st.commit()
+        log("registered: stored %s in NVS; resetting" % ", ".join(k for k, _ in items))
+        machine.reset()
+    gc.collect()  # TLS needs a large contiguous heap block
+    dev = Device(plat, *plat.login(st, name))
+    log("mqtt: logged in")
+    for topic in plat.subscriptions(dev):
+        dev.client.subscribe(topic)
+    plat.after_login(dev)
+    return dev
+
+
+def run():
+    """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
+    st = Store()
+    plat = _platform(st)
+    name = device_name(st)
+    base, cap = st.int("retry_ms", 2000), st.int("retry_max_ms", 300000)
+    max_tries = st.int("max_tries", 0)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return _attempt(st, plat, name)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: a field device must survive any failure and try again
+            why = "%s: %s" % (type(e).__name__, e)
+        gc.collect()
+        if max_tries and attempt >= max_tries:
+            raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
+        wait = backoff_ms(attempt, base, cap)
+        log("attempt %d failed (%s); retrying in %d ms" % (attempt, why, wait))
+        time.sleep_ms(wait)

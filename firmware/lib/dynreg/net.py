@@ -1,0 +1,186 @@
+"""Network helpers: Wi-Fi join, clock, TLS that verifies the server, a small HTTP client, MQTT clients."""
+
+import usocket as socket
+import struct
+import time
+
+from dynreg import ConfigError, DynregError, log
+
+# Ports whose epoch is 2000 (older ESP32 builds) need this to produce Unix time.
+_EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_offset = 0  # cloud time minus local time, learnt after login (seconds)
+
+MAX_HEADER = 2048  # bytes of HTTP status line + headers the device accepts
+MAX_BODY = 4096  # bytes of HTTP body the device accepts
+
+
+def unix_time():
+    """Seconds since 1970, corrected by the last cloud time sync."""
+    return int(time.time()) + _EPOCH + _offset
+
+
+def correct_clock(cloud_time):
+    """Take `cloud_time` (Unix seconds) as the truth from now on; return the correction in seconds."""
+    global _offset
+    _offset += cloud_time - unix_time()
+    return _offset
+
+
+def random_bytes(n):
+    """n bytes from the hardware RNG."""
+    import os
+
+    return os.urandom(n)
+
+
+def wifi_connect(ssid, password, timeout_ms=20000):
+    """Join `ssid` (no-op when already connected); raise DynregError on a bad password, no AP, or timeout."""
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if wlan.isconnected():
+        return wlan
+    wlan.connect(ssid, password)
+    t0 = time.ticks_ms()
+    while not wlan.isconnected():
+        status = wlan.status()
+        if status == network.STAT_WRONG_PASSWORD:
+            raise DynregError("wifi: wrong password for %r" % ssid)
+        if status == network.STAT_NO_AP_FOUND:
+            raise DynregError("wifi: no access point %r in range" % ssid)
+        if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
+            wlan.disconnect()
+            raise DynregError("wifi: no connection to %r after %d ms" % (ssid, timeout_ms))
+        time.sleep_ms(100)
+    log("wifi: joined %r" % ssid)
+    return wlan
+
+
+def set_clock():
+    """Set the RTC by NTP; a failure is fatal only while the clock is obviously unset."""
+    try:
+        import ntptime
+
+        ntptime.settime()
+    except (ImportError, OSError) as e:
+        if time.gmtime(unix_time() - _EPOCH)[0] < 2024:
+            raise DynregError("time: NTP failed (%r) and the clock is not set" % e)
+        log("time: NTP failed (%r); keeping the current clock" % e)
+    t = time.gmtime(unix_time() - _EPOCH)
+    log("time: %04d-%02d-%02d %02d:%02d:%02d UTC" % t[:6])
+
+
+def tls_context(ca, cert=None, key=None):
+    """An SSLContext that verifies the server against `ca` (DER); with cert/key (DER) as client credentials."""
+    import ssl
+
+    if not ca:
+        raise ConfigError("TLS needs the CA certificate in NVS key 'ca' (or set tls=0 for plain TCP)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def open_socket(host, port, ctx=None, timeout=10):
+    """A connected stream to host:port, TLS-wrapped with `ctx` (checking `host`) unless ctx is None."""
+    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+    s = socket.socket()
+    try:
+        s.settimeout(timeout)
+        s.connect(addr)
+        if ctx:
+            s = ctx.wrap_socket(s, server_hostname=host)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def http_post(host, port, path, headers, body, ctx=None, timeout=10):
+    """POST `body` (bytes) and return (status, reply body bytes); reads at most MAX_HEADER + MAX_BODY bytes."""
+    s = open_socket(host, port, ctx, timeout)
+    try:
+        default = 443 if ctx else 80
+        req = "POST %s HTTP/1.0\r\nHost: %s%s\r\nContent-Length: %d\r\n" % (
+            path, host, "" if port == default else ":%d" % port, len(body))
+        for name, value in headers:
+            req += "%s: %s\r\n" % (name, value)
+        s.write(req.encode() + b"\r\n" + body)
+        req = None
+        return _read_reply(s)
+    finally:
+        s.close()
+
+
+def _read_reply(s):
+    line = s.readline(MAX_HEADER)
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise DynregError("http: malformed status line")
+    status = int(parts[1])
+    length = None
+    budget = MAX_HEADER - len(line)
+    while True:
+        line = s.readline(budget + 1)
+        budget -= len(line)
+        if budget < 0 or not line.endswith(b"\n"):
+            raise DynregError("http: reply headers too long or cut short")
+        if line in (b"\r\n", b"\n"):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    if length is not None and length > MAX_BODY:
+        raise DynregError("http: reply body of %d bytes exceeds %d" % (length, MAX_BODY))
+    body = s.read(MAX_BODY + 1 if length is None else length)
+    if len(body) > MAX_BODY or (length is not None and len(body) != length):
+        raise DynregError("http: reply body too long or cut short")
+    return status, body
+
+
+def _field(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def mqtt_connect(client_id, host, port, user, password, tls, ca, cert=None, key=None, keepalive=60, timeout=10):
+    """Log in to an MQTT broker and return an umqtt.simple MQTTClient on the open connection.
+
+    dynreg sends CONNECT itself so that the connection, TLS handshake and CONNACK wait are bounded
+    by `timeout` and TLS is verified against `ca` (unless `tls` is false) whichever umqtt.simple
+    release is installed (PyPI 1.3.4 wraps with `ssl_params`, firmware >= 1.23 with an SSLContext);
+    umqtt.simple does everything after the login.
+    """
+    from umqtt.simple import MQTTClient
+
+    s = open_socket(host, port, tls_context(ca, cert, key) if tls else None, timeout)
+    try:
+        flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
+        body = b"\x00\x04MQTT\x04" + bytes((flags, keepalive >> 8, keepalive & 0xFF)) + _field(client_id)
+        if user is not None:
+            body += _field(user)
+        if password is not None:
+            body += _field(password)
+        n, head = len(body), bytearray(b"\x10")
+        while n > 0x7F:
+            head.append((n & 0x7F) | 0x80)
+            n >>= 7
+        head.append(n)
+        s.write(head + body)
+        body = password = None
+        ack = s.read(4)
+        if len(ack) != 4 or ack[0] != 0x20 or ack[1] != 2:
+            raise DynregError("mqtt: no CONNACK from the broker")
+        if ack[3]:
+            raise DynregError("mqtt: broker refused the login (CONNACK return code %d)" % ack[3])
+    except BaseException:
+        s.close()
+        raise
+    c = MQTTClient(client_id, host, port, keepalive=keepalive)
+    c.sock = s
+    return c

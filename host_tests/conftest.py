@@ -1,0 +1,144 @@
+"""Shared fixtures: one cloud emulator per test session and a runner for the simulated board."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from host_tests.cloudproc import PYTHON, start_emulator, stop_emulator  # noqa: E402
+
+INTERPS = ("micropython", "cpython")
+WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
+# A test registry: the sim's products plus ones the tests need to themselves.
+EXTRA_TENCENT = {
+    "TSTPRE0001": {"secret": "Qm9vdFRlc3RQcmVDcmVhdGU1", "auto_create": False,
+                   "devices": ["pre-micropython", "pre-cpython"]},
+}
+
+
+class Cloud:
+    """The emulator as the tests see it: ports, state files, registry."""
+
+    def __init__(self, state, ports, registry):
+        self.state = Path(state)
+        self.ports = ports
+        self.registry = registry
+
+    def devices(self):
+        """The emulator's device records (devices.json)."""
+        path = self.state / "devices.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def secret(self, platform, pid):
+        return self.registry[platform][pid]["secret"]
+
+    def log(self):
+        return (self.state / "cloud.log").read_text(errors="replace")
+
+    def secrets(self):
+        """Every secret in play: product secrets and whatever the cloud issued."""
+        found = set()
+        for platform, products in self.registry.items():
+            if isinstance(products, dict):
+                for p in products.values():
+                    if isinstance(p, dict) and "secret" in p:
+                        found.add(p["secret"])
+        for records in self.devices().values():
+            for rec in records.values():
+                for key in ("psk", "secret", "password"):
+                    if rec.get(key):
+                        found.add(rec[key])
+        return found
+
+
+@pytest.fixture(scope="session")
+def cloud(tmp_path_factory):
+    state = tmp_path_factory.mktemp("cloud")
+    registry = json.loads((REPO / "tools" / "cloud" / "registry.json").read_text())
+    registry["tencent"].update(EXTRA_TENCENT)
+    reg_path = state / "registry.json"
+    reg_path.write_text(json.dumps(registry))
+    proc, ports = start_emulator(state, registry=reg_path)
+    yield Cloud(state, ports, registry)
+    stop_emulator(proc)
+    log = (state / "cloud.log").read_text(errors="replace")
+    assert "Traceback" not in log
+
+
+@pytest.fixture(params=INTERPS)
+def interp(request):
+    return request.param
+
+
+class Run:
+    """What one tools/sim.py run printed and returned."""
+
+    def __init__(self, proc):
+        self.rc = proc.returncode
+        self.out = proc.stdout
+
+    @property
+    def boots(self):
+        return len(re.findall(r"^\[sim\] boot \d+", self.out, re.M))
+
+    def __repr__(self):
+        return "exit %s after %d boots:\n%s" % (self.rc, self.boots, self.out)
+
+
+@pytest.fixture
+def board(tmp_path, cloud, interp):
+    """board(settings, fresh=True, **runner options) -> Run; checks no secret reached the output."""
+
+    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None):
+        path = tmp_path / "settings.json"
+        path.write_text(json.dumps(settings))
+        args = [PYTHON, str(REPO / "tools" / "sim.py"), "--settings", str(path), "--interp", interp,
+                "--state", str(state or tmp_path / "board"), "--cloud-state", str(cloud.state),
+                "--max-boots", str(max_boots), "--umqtt", umqtt]
+        if fresh:
+            args.append("--fresh")
+        if mac:
+            args += ["--mac", mac]
+        proc = subprocess.run(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=timeout)
+        result = Run(proc)
+        for secret in cloud.secrets() | {str(v) for k, v in settings.items() if "secret" in k or "pass" in k}:
+            assert secret not in result.out, "a secret reached the board's output"
+        return result
+
+    return run
+
+
+def tencent_settings(cloud, pid, name, **extra):
+    """Factory settings of a Tencent board pointed at the emulator over TLS."""
+    s = dict(WIFI, platform="tencent", prod_id=pid, prod_secret=cloud.secret("tencent", pid), dev_name=name,
+             reg_host="localhost", reg_port=cloud.ports["https"], mqtt_host="localhost",
+             mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100, max_tries=1)
+    s.update(extra)
+    return s
+
+
+def run_on_device(interp, tmp_path, code, timeout=60):
+    """Run `code` as the board's main.py (firmware/lib on the path, the board's shims loaded); return stdout.
+
+    For unit-level checks of device code under both interpreters without a boot flow.
+    """
+    fw = tmp_path / ("fw-" + interp)
+    fw.mkdir(exist_ok=True)
+    if not (fw / "lib").exists():
+        (fw / "lib").symlink_to(REPO / "firmware" / "lib")
+    (fw / "main.py").write_text(code)
+    exe = str(REPO / ".venv" / "bin" / "micropython") if interp == "micropython" else PYTHON
+    env = dict(os.environ, DYNREG_SIM_FIRMWARE=str(fw), DYNREG_SIM_PATH=str(REPO / "build" / "deps" / "frozen"),
+               DYNREG_SIM_NVS=str(tmp_path / "nvs.json"))
+    proc = subprocess.run([exe, str(REPO / "boards" / "sim" / "rom.py")], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout

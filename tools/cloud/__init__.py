@@ -1,0 +1,106 @@
+"""Cloud emulator: the IoT platform side of dynamic registration, on your PC.
+
+Run it in the foreground from the repository root:
+
+    .venv/bin/python -m tools.cloud [--state build/cloud] [--registry tools/cloud/registry.json]
+        [--host 127.0.0.1] [--http-port 8080] [--https-port 8443] [--mqtt-port 1883]
+        [--mqtts-port 8883] [--ts-window 600] [--probe-delay-ms 0] [--cert-name NAME ...]
+
+One MQTT 3.1.1 broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is
+recognised by the shape of its username. Three platforms are emulated:
+
+Tencent (PROTOCOLS.md section 1)
+- registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
+  hmacsha1, algorithm header in any case) and the legacy POST /register/dev; replies are HTTP 200
+  with Tencent's JSON (errors too), the device secret or certificate AES-encrypted with the
+  product secret;
+- MQTT login with the PSK signature and expiry, or the issued client certificate; each device
+  uses only its own topics; $sys/operation time requests and $thing/up/property reports are
+  answered.
+
+UCloud (section 2): registration over MQTT
+- registration login: ClientID "<ProductSN>.<DeviceSN>", UserName "<ProductSN>|<DeviceSN>|2",
+  Password = product secret. Refused (CONNACK 5) for a wrong secret, a DeviceSN outside 4-64 of
+  [A-Za-z0-9-_@:], dynamic registration off, or a DeviceSN missing from the product's whitelist.
+- that session may only subscribe /$system/<psn>/<dsn>/password_reply and publish
+  /$system/<psn>/<dsn>/password. {"RequestID": X} is answered
+  {"RetCode": "0", "RequestID": X, "Password": "<16 characters>"}. Our error codes (UCloud
+  documents none), with a "Message": RetCode "1" device already activated, "2" request not
+  understood (not JSON, no RequestID).
+- device login: UserName "<psn>|<dsn>|1", Password = the device secret; topics under
+  /<psn>/<dsn>/ (publish .../upload, subscribe .../set).
+
+Protco rlink v2 (section 3): signed registration over MQTT
+- both logins: Username "<who>|signMethod=<hmacSha256|hmacSha1>,ts=<ts>" (method in any case),
+  Password = lowercase hex HMAC(key, "uuid=<who>,ts=<ts>"); ts within --ts-window.
+- registration login: ClientId "register_<pid>_<unique>" (unique: 1-64 of A-Z a-z 0-9 - . : @),
+  who = pid, key = product secret; it may only subscribe register/v2/<pid>/<unique>/register_response
+  and publish register/v2/<pid>/<unique>/register. A request {"id", "ts", "code": "register",
+  "data": {"barcode"?, "replacePid"?, "secret"?}} is answered {"res": 0, "msg": "success", "id",
+  "ts", "code": "register", "data": {"pid", "uuid": "rn01" + 16 hex, "secret": 32 hex, "mac": ""}}
+  ("ack" is not looked at: there is always a reply). replacePid names any product in the
+  registry and needs its secret; the device then belongs to it. res on refusal: 1003 not JSON,
+  1002 no id / code not "register" / replacePid without the right secret / bad field,
+  1005 replacePid unknown, 1006 dynamic registration off, 17032 device already activated.
+- device login: ClientId "rlink_<uuid>_V2", who = uuid, key = device secret. Topics: publish
+  rlink/v2/<pid>/<uuid>/report and .../issue_response, subscribe .../issue and
+  .../report_response; a report with "ack": 1 gets a report_response. After the first
+  property_report of a session the emulator sends {"id", "ts", "code": "ping", "data": {}} and
+  {"id", "ts", "code": "property_set", "data": {"properties": {"led": 1}}} on .../issue and
+  counts the answers on .../issue_response ("commands_answered").
+
+All platforms: a device may register again (new credentials replace the old ones; Protco keeps
+the uuid) until its first successful MQTT login; afterwards registration is refused.
+
+Round trips: each MQTT connection counts its round trips (the CONNECT starts the first; a client
+packet that follows something the server sent starts the next). A registration's count is logged
+and kept in the device record: a client that sends SUBSCRIBE and PUBLISH back to back needs 2,
+one that waits for the SUBACK 3. Without help the count depends on timing (the SUBACK may leave
+before a pipelined PUBLISH arrives); --probe-delay-ms N holds the SUBACK of a registration reply
+topic back N ms, which makes it exact. A Tencent HTTP registration counts as 1.
+
+Registry file (JSON; keys starting with "_" are comments, at any level):
+
+    {"tencent": {"<ProductId>": {"secret": "<product secret, 16+ ASCII chars>",
+        "dynreg": true,          # dynamic registration switched on in the console
+        "auto_create": true,     # false: only names listed in "devices" may register
+        "auth": "psk",           # or "cert": devices get a client certificate instead of a PSK
+        "devices": []}},         # pre-created device names
+     "ucloud": {"<ProductSN>": {"secret": "...", "dynreg": true,
+        "whitelist": ["<DeviceSN>", ...],   # optional: pre-authentication, only these may register
+        "retcode": ..., "reply": "normal"}},                     # test knobs, see below
+     "protco": {"<pid>": {"secret": "...", "dynreg": true,
+        "probe_commands": true,  # ping + property_set after the first property_report
+        "res": ..., "reply": "normal"}},                         # test knobs, see below
+     "console": {"username": "...", "password": "..."}}
+
+UCloud and Protco product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
+subscribe and publish anything ("$" topics included) to watch devices or command them.
+
+Test knobs (for device tests; a real cloud has none of them):
+  "retcode" (UCloud) / "res" (Protco): every request is answered with this code instead of being
+      handled; a zero ("0" or 0) is handled normally and the success reply carries the value as
+      given, so "retcode": 0 sends a numeric RetCode (as the C SDK parses it).
+  "reply": "none" never answers (the request is still handled); "other_id" first sends an error
+      reply for another request id, then the right one.
+
+State directory (kept across restarts; delete it to start afresh):
+  ca.pem, ca.der, ca.key    test CA, generated on first run (give ca.der / ca.pem to the device)
+  server.pem, server.key    server certificate for localhost, 127.0.0.1, ::1 and every --cert-name
+                            (regenerated when a name is added)
+  devices.json              {"tencent": {"<pid>/<dn>": {"psk" | "cert_fp", ...}},
+                             "ucloud": {"<psn>/<dsn>": {"secret", ...}},
+                             "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
+                             "commands_answered", ...}}}; every record also holds "activated",
+                            "registrations", "logins" and "round_trips" (of the last registration)
+  ports.json                {"http", "https", "mqtt", "mqtts", "ca"}: written when ready, removed on exit
+
+For a real board on the LAN: --host 0.0.0.0 --cert-name <this PC's LAN IP>, and give the board
+that IP as registration and MQTT host. Log lines on stdout start with "cloud: " and never carry
+secrets. Stop with Ctrl-C or SIGTERM.
+
+Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
+by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
+platform's rules), registry.py (products, device state), certs.py (test PKI), http.py
+(HTTP/HTTPS servers), broker.py (amqtt subclass and plugins), __main__.py (command line).
+"""

