@@ -44,7 +44,7 @@ class Cloud:
 
     def secrets(self):
         """Every secret in play: product secrets and whatever the cloud issued."""
-        found = set()
+        found = {self.registry["console"]["password"]}
         for platform, products in self.registry.items():
             if isinstance(products, dict):
                 for p in products.values():
@@ -142,3 +142,12 @@ def run_on_device(interp, tmp_path, code, timeout=60):
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
+
+
+def mqtt_settings(cloud, platform, pid, name, **extra):
+    """Factory settings of a UCloud or Protco board pointed at the emulator's TLS broker."""
+    s = dict(WIFI, platform=platform, prod_id=pid, prod_secret=cloud.secret(platform, pid), dev_name=name,
+             mqtt_host="localhost", mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100,
+             max_tries=1)
+    s.update(extra)
+    return s

@@ -18,7 +18,7 @@ def test_first_boot_registers_then_second_boot_logs_in(cloud, board, interp):
     out = run.out
     order = ["no device secret in NVS", "tencent: POST https://localhost", "registered: stored dev_secret",
              "[sim] machine.reset()", "tencent: mqtt login", "mqtt: logged in", "time synced over $sys/operation",
-             "report 3 sent", "done"]
+             "report 1 sent", "message on $thing/down/property/", "report 3 sent", "done"]
     positions = [out.find(s) for s in order]
     assert -1 not in positions and positions == sorted(positions), run
     rec = cloud.devices()["tencent"][PSK + "/" + dn]

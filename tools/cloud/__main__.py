@@ -34,8 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--mqtts-port", type=int, default=8883)
     p.add_argument("--ts-window", type=int, default=600,
                    help="accepted registration timestamp skew in seconds (0 = no check)")
-    p.add_argument("--probe-delay-ms", type=int, default=0,
-                   help="hold back the SUBACK of MQTT registration reply topics (makes round-trip counts exact)")
+    p.add_argument("--probe-delay-ms", type=int, default=20,
+                   help="hold back the SUBACK of MQTT registration reply topics by this much, so that the "
+                        "round-trip count is exact: a pipelined PUBLISH arrives well within it (0 = off)")
     p.add_argument("--cert-name", action="append", default=[],
                    help="extra name or IP in the server certificate (repeatable), e.g. this PC's LAN IP")
     return p.parse_args(argv)

@@ -37,7 +37,7 @@ class Device:
             self.poll(timeout_ms)
             return self._got
         finally:
-            self._want = None
+            self._want = self._got = None
 
     def poll(self, timeout_ms):
         """Handle incoming messages for up to timeout_ms (less if a wait_for() message arrives)."""

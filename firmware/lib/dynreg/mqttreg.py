@@ -9,16 +9,16 @@ import json
 import struct
 import time
 
-from dynreg import DynregError, log
+from dynreg import DynregError, log, net
 
 
-def _subscribe_nowait(client, topic):
-    # umqtt.simple's subscribe() blocks for SUBACK, which would cost a round trip.
-    t = topic.encode()
-    if len(t) > 120:
-        raise DynregError("topic too long for a one-byte SUBSCRIBE length")
+def _subscribe_and_publish(client, reply_topic, request_topic, request):
+    # One write for both packets: umqtt.simple's subscribe() would block for SUBACK, and separate
+    # small writes would wait for TCP ACKs (Nagle), each costing a round trip.
     client.pid += 1
-    client.sock.write(struct.pack("!BBHH", 0x82, 5 + len(t), client.pid, len(t)) + t + b"\x00")
+    sub = struct.pack("!H", client.pid) + net.mqtt_string(reply_topic) + b"\x00"
+    pub = net.mqtt_string(request_topic) + (request.encode() if isinstance(request, str) else request)
+    client.sock.write(net.mqtt_packet(0x82, sub) + net.mqtt_packet(0x30, pub))
 
 
 def exchange(client, reply_topic, request_topic, request, match, timeout_ms=5000):
@@ -41,8 +41,7 @@ def exchange(client, reply_topic, request_topic, request, match, timeout_ms=5000
 
     client.set_callback(on_msg)
     try:
-        _subscribe_nowait(client, reply_topic)
-        client.publish(request_topic, request)
+        _subscribe_and_publish(client, reply_topic, request_topic, request)
         t0 = time.ticks_ms()
         while not found:
             if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:

@@ -142,10 +142,21 @@ def _read_reply(s):
     return status, body
 
 
-def _field(data):
+def mqtt_string(data):
+    """An MQTT length-prefixed string field from bytes or str."""
     if isinstance(data, str):
         data = data.encode()
     return struct.pack("!H", len(data)) + data
+
+
+def mqtt_packet(first, body):
+    """An MQTT packet: the first header byte, the remaining length (varint), the body."""
+    n, head = len(body), bytearray((first,))
+    while n > 0x7F:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return head + body
 
 
 def mqtt_connect(client_id, host, port, user, password, tls, ca, cert=None, key=None, keepalive=60, timeout=10):
@@ -161,17 +172,12 @@ def mqtt_connect(client_id, host, port, user, password, tls, ca, cert=None, key=
     s = open_socket(host, port, tls_context(ca, cert, key) if tls else None, timeout)
     try:
         flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
-        body = b"\x00\x04MQTT\x04" + bytes((flags, keepalive >> 8, keepalive & 0xFF)) + _field(client_id)
+        body = b"\x00\x04MQTT\x04" + bytes((flags, keepalive >> 8, keepalive & 0xFF)) + mqtt_string(client_id)
         if user is not None:
-            body += _field(user)
+            body += mqtt_string(user)
         if password is not None:
-            body += _field(password)
-        n, head = len(body), bytearray(b"\x10")
-        while n > 0x7F:
-            head.append((n & 0x7F) | 0x80)
-            n >>= 7
-        head.append(n)
-        s.write(head + body)
+            body += mqtt_string(password)
+        s.write(mqtt_packet(0x10, body))
         body = password = None
         ack = s.read(4)
         if len(ack) != 4 or ack[0] != 0x20 or ack[1] != 2:

@@ -50,6 +50,7 @@ def register(st, name):
         raise ConfigError("NVS key 'prod_secret' is missing")
     host, port, tls = _endpoint(st)
     user, password = _sign(st, pid, secret)
+    log("protco: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
     c = net.mqtt_connect("register_%s_%s" % (pid, name), host, port, user, password, tls, st.get("ca"))
     secret = password = None
     data = {}
@@ -83,6 +84,7 @@ def login(st, name):
     pid = st.text("dev_pid") or st.need("prod_id")
     host, port, tls = _endpoint(st)
     user, password = _sign(st, uuid, st.get("dev_secret"))
+    log("protco: mqtt login to %s:%d as rlink_%s_V2" % (host, port, uuid))
     c = net.mqtt_connect("rlink_%s_V2" % uuid, host, port, user, password, tls, st.get("ca"))
     return c, pid, uuid
 

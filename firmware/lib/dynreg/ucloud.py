@@ -2,7 +2,7 @@
 
 import json
 
-from dynreg import ConfigError, DynregError, crypto, mqttreg, net
+from dynreg import ConfigError, DynregError, crypto, log, mqttreg, net
 from dynreg.store import is_null
 
 
@@ -33,6 +33,7 @@ def register(st, name):
     if not secret:
         raise ConfigError("NVS key 'prod_secret' is missing")
     host, port, tls = _endpoint(st)
+    log("ucloud: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
     c = net.mqtt_connect("%s.%s" % (psn, name), host, port, "%s|%s|2" % (psn, name), secret, tls, st.get("ca"))
     secret = None
     rid = crypto.hexstr(net.random_bytes(8))
@@ -53,6 +54,7 @@ def login(st, name):
     """Static login (|1) with the device secret; return (umqtt client, ProductSN, DeviceSN)."""
     psn = st.need("prod_id")
     host, port, tls = _endpoint(st)
+    log("ucloud: mqtt login to %s:%d as %s.%s" % (host, port, psn, name))
     c = net.mqtt_connect("%s.%s" % (psn, name), host, port, "%s|%s|1" % (psn, name), st.get("dev_secret"),
                          tls, st.get("ca"))
     return c, psn, name
