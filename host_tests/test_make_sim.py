@@ -1,0 +1,31 @@
+"""`make sim` as a user runs it: each shipped settings file registers, resets, logs in, reports, exits 0,
+and prints no secret (product secrets, issued secrets, Wi-Fi password)."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from host_tests.conftest import REPO
+
+SETTINGS = sorted((REPO / "boards" / "sim" / "settings").glob("*.json"))
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda p: p.stem)
+def test_make_sim(settings):
+    proc = subprocess.run(["make", "-s", "sim", "SETTINGS=" + str(settings.relative_to(REPO))], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+    out = proc.stdout
+    assert proc.returncode == 0, out
+    assert len(re.findall(r"^\[sim\] boot \d", out, re.M)) == 2, out
+    for line in ("registered: stored", "[sim] machine.reset()", "mqtt: logged in", "report 3 sent",
+                 "[sim] main.py returned"):
+        assert line in out, (line, out)
+    secrets = {v for k, v in json.loads(settings.read_text()).items() if k in ("prod_secret", "wifi_pass")}
+    registry = json.loads((REPO / "tools" / "cloud" / "registry.json").read_text())
+    secrets |= {p["secret"] for products in registry.values() if isinstance(products, dict)
+                for p in products.values() if isinstance(p, dict) and "secret" in p}
+    devices = json.loads((REPO / "build" / "sim" / "cloud" / "devices.json").read_text())
+    secrets |= {rec[k] for recs in devices.values() for rec in recs.values() for k in ("psk", "secret") if k in rec}
+    assert secrets and not [s for s in secrets if s in out], "a secret reached make sim's output"
