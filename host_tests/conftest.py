@@ -125,10 +125,11 @@ def tencent_settings(cloud, pid, name, **extra):
     return s
 
 
-def run_on_device(interp, tmp_path, code, timeout=60):
+def run_on_device(interp, tmp_path, code, timeout=60, nvs=None):
     """Run `code` as the board's main.py (firmware/lib on the path, the board's shims loaded); return stdout.
 
-    For unit-level checks of device code under both interpreters without a boot flow.
+    For unit-level checks of device code under both interpreters without a boot flow; `nvs` names
+    the NVS file to boot with (e.g. a board's state after a run).
     """
     fw = tmp_path / ("fw-" + interp)
     fw.mkdir(exist_ok=True)
@@ -137,7 +138,7 @@ def run_on_device(interp, tmp_path, code, timeout=60):
     (fw / "main.py").write_text(code)
     exe = str(REPO / ".venv" / "bin" / "micropython") if interp == "micropython" else PYTHON
     env = dict(os.environ, DYNREG_SIM_FIRMWARE=str(fw), DYNREG_SIM_PATH=str(REPO / "build" / "deps" / "frozen"),
-               DYNREG_SIM_NVS=str(tmp_path / "nvs.json"))
+               DYNREG_SIM_NVS=str(nvs or tmp_path / "nvs.json"))
     proc = subprocess.run([exe, str(REPO / "boards" / "sim" / "rom.py")], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr

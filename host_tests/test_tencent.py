@@ -1,7 +1,9 @@
 """Tencent IoT Explorer end to end: the firmware on the simulated board against the emulator,
 under the MicroPython unix port and CPython (the `interp` fixture)."""
 
-from host_tests.conftest import INTERPS, tencent_settings
+import re
+
+from host_tests.conftest import INTERPS, run_on_device, tencent_settings
 
 PSK, CERT, OFF = "SIMPSK0001", "SIMCERT001", "SIMOFF0001"
 
@@ -103,9 +105,11 @@ def test_wrong_product_secret(cloud, board, interp):
 
 
 def test_retries_with_backoff_then_gives_up(cloud, board, interp):
-    run = board(tencent_settings(cloud, OFF, name(interp, "retry"), max_tries=3, retry_ms=50))
+    run = board(tencent_settings(cloud, OFF, name(interp, "retry"), max_tries=3, retry_ms=50, jitter_ms=200))
     assert run.rc == 1, run
     assert run.out.count("retrying in") == 2 and "giving up after 3 attempts" in run.out, run
+    waits = [int(w) for w in re.findall(r"start-up jitter: waiting (\d+) ms", run.out)]
+    assert len(waits) == 1 and 0 <= waits[0] <= 200, run
 
 
 def test_server_certificate_from_another_ca_is_refused(cloud, board, interp, tmp_path):
@@ -122,3 +126,18 @@ def test_server_certificate_from_another_ca_is_refused(cloud, board, interp, tmp
 def test_both_umqtt_releases(cloud, board, interp):
     run = board(tencent_settings(cloud, PSK, name(interp, "umqtt134")), umqtt="legacy")
     assert run.rc == 0, run
+
+
+def test_forget_product_secret_after_first_login(cloud, board, interp, tmp_path):
+    s = tencent_settings(cloud, PSK, name(interp, "forget"), forget_prod=1)
+    run = board(s)
+    assert run.rc == 0 and "product secret erased from NVS" in run.out, run
+    nvs = next((tmp_path / "board").glob("nvs.*"))
+    out = run_on_device(interp, tmp_path, """
+from dynreg.store import Store
+st = Store()
+print(st.get("prod_secret") is None, st.get("dev_secret") is not None)
+""", nvs=nvs)
+    assert out.split() == ["True", "True"]
+    again = board(s, fresh=False)  # still logs in with its own secret
+    assert again.rc == 0 and "mqtt: logged in" in again.out and "erased" not in again.out, again

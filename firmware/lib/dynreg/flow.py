@@ -51,9 +51,13 @@ def _attempt(st, plat, name):
         st.commit()
         log("registered: stored %s in NVS; resetting" % ", ".join(k for k, _ in items))
         machine.reset()
-    gc.collect()  # TLS needs a large contiguous heap block
     dev = Device(plat, *plat.login(st, name))
     log("mqtt: logged in")
+    if st.int("forget_prod", 0) and st.get("prod_secret"):
+        # The device secret works; a board captured later must not reveal the whole product line's secret.
+        st.erase("prod_secret")
+        st.commit()
+        log("product secret erased from NVS (forget_prod=1): this device can no longer re-register")
     for topic in plat.subscriptions(dev):
         dev.client.subscribe(topic)
     plat.after_login(dev)
@@ -67,6 +71,12 @@ def run():
     name = device_name(st)
     base, cap = st.int("retry_ms", 2000), st.int("retry_max_ms", 300000)
     max_tries = st.int("max_tries", 0)
+    # A fleet that loses power together must not hit the cloud in the same second when it returns.
+    jitter = st.int("jitter_ms", 0)
+    if jitter:
+        wait = random.getrandbits(24) % (jitter + 1)
+        log("start-up jitter: waiting %d ms" % wait)
+        time.sleep_ms(wait)
     attempt = 0
     while True:
         attempt += 1

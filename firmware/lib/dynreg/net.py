@@ -1,8 +1,10 @@
 """Network helpers: Wi-Fi join, clock, TLS that verifies the server, a small HTTP client, MQTT clients."""
 
-import usocket as socket
+import gc
 import struct
 import time
+
+import usocket as socket  # the u-name: under CPython the sim board maps it to MicroPython semantics
 
 from dynreg import ConfigError, DynregError, log
 
@@ -93,6 +95,7 @@ def open_socket(host, port, ctx=None, timeout=10):
         s.settimeout(timeout)
         s.connect(addr)
         if ctx:
+            gc.collect()  # the TLS handshake needs large contiguous buffers
             s = ctx.wrap_socket(s, server_hostname=host)
     except BaseException:
         s.close()
@@ -133,7 +136,10 @@ def _read_reply(s):
             break
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
-            length = int(value.strip())
+            value = value.strip()
+            if not value.isdigit():
+                raise DynregError("http: bad Content-Length")
+            length = int(value)
     if length is not None and length > MAX_BODY:
         raise DynregError("http: reply body of %d bytes exceeds %d" % (length, MAX_BODY))
     body = s.read(MAX_BODY + 1 if length is None else length)
