@@ -69,7 +69,7 @@ def cloud(tmp_path_factory):
     yield Cloud(state, ports, registry)
     stop_emulator(proc)
     log = (state / "cloud.log").read_text(errors="replace")
-    assert "Traceback" not in log
+    assert "Traceback" not in log, log[log.find("Traceback") - 300:][:3000]
 
 
 @pytest.fixture(params=INTERPS)

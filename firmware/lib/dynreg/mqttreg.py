@@ -1,8 +1,9 @@
 """Registration over MQTT, shared by UCloud and Protco: a request/reply exchange in two round trips.
 
-Round trip 1 is CONNECT/CONNACK. Round trip 2 sends SUBSCRIBE and PUBLISH back to back (a broker
-handles one connection's packets in order, so the subscription exists before the request is
-processed) and waits, bounded, for the reply that matches the request id; other replies are ignored.
+Round trip 1 is CONNECT/CONNACK (net.mqtt_open). Round trip 2 sends SUBSCRIBE and PUBLISH in one
+write (a broker handles one connection's packets in order, so the subscription exists before the
+request is processed) and reads, bounded in time and size, until the reply that matches the
+request id arrives; other messages are ignored. The registration boot never imports umqtt.simple.
 """
 
 import json
@@ -11,50 +12,73 @@ import time
 
 from dynreg import DynregError, log, net
 
-
-def _subscribe_and_publish(client, reply_topic, request_topic, request):
-    # One write for both packets: umqtt.simple's subscribe() would block for SUBACK, and separate
-    # small writes would wait for TCP ACKs (Nagle), each costing a round trip.
-    client.pid += 1
-    sub = struct.pack("!H", client.pid) + net.mqtt_string(reply_topic) + b"\x00"
-    pub = net.mqtt_string(request_topic) + (request.encode() if isinstance(request, str) else request)
-    client.sock.write(net.mqtt_packet(0x82, sub) + net.mqtt_packet(0x30, pub))
+MAX_PACKET = 1024  # bytes of one MQTT packet the device accepts during registration
 
 
-def exchange(client, reply_topic, request_topic, request, match, timeout_ms=5000):
-    """Subscribe to `reply_topic`, publish `request`, and return the first JSON reply for which
-    match(reply) is true; raise DynregError after timeout_ms. The client is closed afterwards."""
-    found = []
+def _read_packet(s):
+    # -> (first header byte, body); refuses lengths over MAX_PACKET before reading them
+    head = s.read(1)
+    if not head:
+        raise DynregError("the broker closed the registration connection")
+    n = shift = 0
+    while True:
+        b = s.read(1)
+        if not b or shift > 21:
+            raise DynregError("malformed MQTT packet from the broker")
+        n |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            break
+        shift += 7
+    if n > MAX_PACKET:
+        raise DynregError("a %d-byte packet from the broker exceeds the %d-byte limit" % (n, MAX_PACKET))
+    body = s.read(n) if n else b""
+    if len(body) != n:
+        raise DynregError("MQTT packet from the broker cut short")
+    return head[0], body
 
-    def on_msg(topic, msg):
-        if topic != reply_topic.encode():
-            return
-        try:
-            reply = json.loads(msg)
-        except ValueError:
-            log("ignoring a reply that is not JSON")
-            return
-        if isinstance(reply, dict) and match(reply):
-            found.append(reply)
-        else:
-            log("ignoring a reply for another request")
 
-    client.set_callback(on_msg)
+def _reply(kind, body, topic):
+    # The JSON payload of a PUBLISH on `topic`, or None for anything else.
+    if kind & 0xF0 != 0x30 or len(body) < 2:
+        return None
+    n = body[0] << 8 | body[1]
+    if body[2:2 + n] != topic:
+        log("ignoring a message on another topic")
+        return None
     try:
-        _subscribe_and_publish(client, reply_topic, request_topic, request)
+        reply = json.loads(body[2 + n + (2 if kind & 6 else 0):])
+    except ValueError:
+        log("ignoring a reply that is not JSON")
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def exchange(s, reply_topic, request_topic, request, match, timeout_ms=5000):
+    """On the logged-in stream `s`: subscribe to `reply_topic`, publish `request`, and return the first
+    JSON reply for which match(reply) is true. Raises DynregError after timeout_ms; closes `s`."""
+    want = reply_topic.encode()
+    try:
+        # One write for both: separate small writes would wait for TCP ACKs (Nagle), costing round trips.
+        s.write(net.mqtt_packet(0x82, struct.pack("!H", 1) + net.mqtt_string(reply_topic) + b"\x00")
+                + net.mqtt_packet(0x30, net.mqtt_string(request_topic) + request.encode()))
         t0 = time.ticks_ms()
-        while not found:
-            if time.ticks_diff(time.ticks_ms(), t0) > timeout_ms:
-                raise DynregError("no registration reply within %d ms" % timeout_ms)
-            op = client.check_msg()
-            if op == 0x90:  # SUBACK: umqtt leaves its last 4 bytes to the caller
-                if client.sock.read(4)[3] == 0x80:
-                    raise DynregError("broker refused the subscription to %s" % reply_topic)
-            elif op is None:
-                time.sleep_ms(20)
-        return found[0]
+        while time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
+            try:
+                kind, body = _read_packet(s)
+            except OSError:  # the socket's own timeout
+                break
+            if kind == 0x90 and body[-1:] == b"\x80":
+                raise DynregError("the broker refused the subscription to %s" % reply_topic)
+            reply = _reply(kind, body, want)
+            if reply is None:
+                continue
+            if match(reply):
+                return reply
+            log("ignoring a reply for another request")
+        raise DynregError("no registration reply within %d ms" % timeout_ms)
     finally:
         try:
-            client.disconnect()
+            s.write(b"\xe0\x00")  # DISCONNECT
         except OSError:
             pass  # the registration connection is done with either way
+        s.close()

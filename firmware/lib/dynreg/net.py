@@ -165,16 +165,13 @@ def mqtt_packet(first, body):
     return head + body
 
 
-def mqtt_connect(client_id, host, port, user, password, tls, ca, cert=None, key=None, keepalive=60, timeout=10):
-    """Log in to an MQTT broker and return an umqtt.simple MQTTClient on the open connection.
+def mqtt_open(client_id, host, port, user, password, tls, ca, cert=None, key=None, keepalive=60, timeout=10):
+    """Connect (TLS verified against `ca` unless `tls` is false), log in, and return the open stream.
 
-    dynreg sends CONNECT itself so that the connection, TLS handshake and CONNACK wait are bounded
-    by `timeout` and TLS is verified against `ca` (unless `tls` is false) whichever umqtt.simple
-    release is installed (PyPI 1.3.4 wraps with `ssl_params`, firmware >= 1.23 with an SSLContext);
-    umqtt.simple does everything after the login.
+    dynreg sends CONNECT itself so that the connection, the TLS handshake and the CONNACK wait are
+    bounded by `timeout`, and TLS is verified the same way whichever umqtt.simple release is
+    installed (PyPI 1.3.4 wraps with `ssl_params`, firmware >= 1.23 with an SSLContext).
     """
-    from umqtt.simple import MQTTClient
-
     s = open_socket(host, port, tls_context(ca, cert, key) if tls else None, timeout)
     try:
         flags = 0x02 | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
@@ -193,6 +190,14 @@ def mqtt_connect(client_id, host, port, user, password, tls, ca, cert=None, key=
     except BaseException:
         s.close()
         raise
+    return s
+
+
+def mqtt_connect(client_id, host, port, user, password, tls, ca, cert=None, key=None, keepalive=60):
+    """Log in (see mqtt_open) and return an umqtt.simple MQTTClient on the connection for everything after."""
+    from umqtt.simple import MQTTClient
+
+    s = mqtt_open(client_id, host, port, user, password, tls, ca, cert, key, keepalive)
     c = MQTTClient(client_id, host, port, keepalive=keepalive)
     c.sock = s
     return c

@@ -51,7 +51,7 @@ def register(st, name):
     host, port, tls = _endpoint(st)
     user, password = _sign(st, pid, secret)
     log("protco: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
-    c = net.mqtt_connect("register_%s_%s" % (pid, name), host, port, user, password, tls, st.get("ca"))
+    s = net.mqtt_open("register_%s_%s" % (pid, name), host, port, user, password, tls, st.get("ca"), timeout=5)
     secret = password = None
     data = {}
     for key, field in (("barcode", "barcode"), ("replace_pid", "replacePid"), ("replace_sec", "secret")):
@@ -64,7 +64,7 @@ def register(st, name):
     request = json.dumps({"id": mid, "ts": net.unix_time(), "code": "register", "ack": 1, "data": data})
     data = None
     base = "register/v2/%s/%s/register" % (pid, name)
-    reply = mqttreg.exchange(c, base + "_response", base, request, lambda r: r.get("id") == mid)
+    reply = mqttreg.exchange(s, base + "_response", base, request, lambda r: r.get("id") == mid)
     res = reply.get("res")
     if res != 0:
         raise DynregError("protco: registration refused: res %s (%s)" % (res, ERRORS.get(res, reply.get("msg"))))

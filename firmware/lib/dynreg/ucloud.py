@@ -34,11 +34,12 @@ def register(st, name):
         raise ConfigError("NVS key 'prod_secret' is missing")
     host, port, tls = _endpoint(st)
     log("ucloud: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
-    c = net.mqtt_connect("%s.%s" % (psn, name), host, port, "%s|%s|2" % (psn, name), secret, tls, st.get("ca"))
+    s = net.mqtt_open("%s.%s" % (psn, name), host, port, "%s|%s|2" % (psn, name), secret, tls, st.get("ca"),
+                      timeout=5)
     secret = None
     rid = crypto.hexstr(net.random_bytes(8))
     base = "/$system/%s/%s/password" % (psn, name)
-    reply = mqttreg.exchange(c, base + "_reply", base, '{"RequestID":"%s"}' % rid,
+    reply = mqttreg.exchange(s, base + "_reply", base, '{"RequestID":"%s"}' % rid,
                              lambda r: r.get("RequestID") == rid)
     code = reply.get("RetCode")
     # The docs send RetCode as a string; the C SDK parses a number. Accept both.
