@@ -138,7 +138,7 @@ def run_on_device(interp, tmp_path, code, timeout=60, nvs=None):
     (fw / "main.py").write_text(code)
     exe = str(REPO / ".venv" / "bin" / "micropython") if interp == "micropython" else PYTHON
     env = dict(os.environ, DYNREG_SIM_FIRMWARE=str(fw), DYNREG_SIM_PATH=str(REPO / "build" / "deps" / "frozen"),
-               DYNREG_SIM_NVS=str(nvs or tmp_path / "nvs.json"))
+               DYNREG_SIM_NVS=str(nvs or tmp_path / "nvs.bin"))
     proc = subprocess.run([exe, str(REPO / "boards" / "sim" / "rom.py")], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -441,3 +441,14 @@ def test_state_survives_restart(tmp_path):
     assert "generated server certificate for localhost, 127.0.0.1, ::1, 192.0.2.7" in log
     _assert_no_secrets(state)
     shutil.rmtree(state)
+
+
+def test_login_as_the_python_sdk_sends_it(cloud):
+    """tencent-iot-device 1.0.0: sdkappid 21010406, expiry in milliseconds, hmacsha1; other app ids refused."""
+    psk = registered(cloud, PSK, "pysdk-1")["psk"]
+    username = f"{PSK}pysdk-1;21010406;AbC12;{int(time.time() * 1000)}"
+    client = Mqtt(cloud, tls=True)
+    assert client.connect(PSK + "pysdk-1", username, mqtt_password(psk, username, "hmacsha1")) == 0
+    client.close()
+    username = f"{PSK}pysdk-1;99999999;AbC12;{int(time.time()) + 60}"
+    assert Mqtt(cloud).connect(PSK + "pysdk-1", username, mqtt_password(psk, username)) == 5

@@ -41,6 +41,9 @@ def load_tool(name):
 
 fetch_deps = load_tool("fetch_deps")
 sim = load_tool("sim")
+_spec = importlib.util.spec_from_file_location("_test_nvsformat", SIM / "modules" / "nvsformat.py")
+nvsformat = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(nvsformat)
 
 
 def run_board(interp, code, tmp_path, env=None, extra_path=(), timeout=30):
@@ -99,20 +102,30 @@ try:
     raise AssertionError("no overflow")
 except OverflowError:
     pass
-# capacity 630 entries: "dynreg" now uses 8, "cap" 1 + 4 x (2 + 125)
+assert code(n.set_blob, "huge", bytes(20001)) == -4366      # over (6 - 1) pages x 4000 bytes
+# capacity, exactly as nvsformat lays the 0x6000 partition out (5 usable pages of 126
+# entries): "dynreg" fills entries 0-7 of page 0 (namespace, text 3, s 3, k..k 1);
+# "cap" has its namespace item at 8, then each 4000-byte blob takes the rest of a page
+# and 9 + 2k entries of the next: b3 ends at entry 17 of page 4 (the last usable one)
 c = esp32.NVS("cap")
 for i in range(4):
     c.set_blob("b%d" % i, bytes(4000))
 assert code(c.set_blob, "b4", bytes(4000)) == -4357
-assert code(c.set_blob, "b0", bytes(4000)) == 0             # replacing fits
-c.set_blob("small", bytes(32))
+assert code(c.set_blob, "b0", bytes(4000)) == 0             # unchanged value: nothing written
+assert code(c.set_blob, "b0", b"\x01" * 4000) == 0         # replacing: same layout, fits
+# 109 entries left: chunk header + 107 data entries + blob index = 3424 bytes at most
+assert code(c.set_blob, "last", bytes(3425)) == -4357
+c.set_blob("last", bytes(3424))
+assert code(c.set_i32, "one", 1) == -4357                   # page 4 is full now
+c.erase_key("last")
+c.set_i32("one", 1)
 print("OK")
 """
 
 
 @pytest.mark.parametrize("interp", INTERPS)
 def test_nvs_rules(interp, tmp_path):
-    out = ok(run_board(interp, NVS_RULES, tmp_path, {"DYNREG_SIM_NVS": str(tmp_path / "nvs.json")}))
+    out = ok(run_board(interp, NVS_RULES, tmp_path, {"DYNREG_SIM_NVS": str(tmp_path / "nvs.bin")}))
     assert out.strip() == "OK"
 
 
@@ -144,20 +157,22 @@ except OSError as e:
 @pytest.mark.parametrize("writer", INTERPS)
 @pytest.mark.parametrize("reader", INTERPS)
 def test_nvs_durable_only_after_commit(writer, reader, tmp_path):
-    env = {"DYNREG_SIM_NVS": str(tmp_path / "nvs.json")}
+    env = {"DYNREG_SIM_NVS": str(tmp_path / "nvs.bin")}
     ok(run_board(writer, "COMMIT = False\n" + WRITE, tmp_path, env))
+    assert not (tmp_path / "nvs.bin").exists()  # nothing committed: the flash stays erased
     assert ok(run_board(reader, READ, tmp_path, env)).split("\n")[:3] == ["a -4354", "late -4354", "b -4354"]
     ok(run_board(writer, "COMMIT = True\n" + WRITE, tmp_path, env))
     assert ok(run_board(reader, READ, tmp_path, env)).split("\n")[:3] == ["a 1", "late -4354", "b [0, 255]"]
-    doc = json.loads((tmp_path / "nvs.json").read_text())
-    assert doc == {"dynreg": {"a": ["i32", 1], "b": ["blob", "AP8="]}}
+    image = (tmp_path / "nvs.bin").read_bytes()
+    assert len(image) == 0x6000  # DYNREG_SIM_NVS_SIZE unset: the default partition
+    assert nvsformat.parse(image) == {"dynreg": {"a": ("i32", 1), "b": ("blob", b"\x00\xff")}}
 
 
 # --------------------------------------------------------------------------- machine
 
 @pytest.mark.parametrize("interp", INTERPS)
 def test_machine_reset_exits_86_and_keeps_committed_nvs(interp, tmp_path):
-    env = {"DYNREG_SIM_NVS": str(tmp_path / "nvs.json"), "DYNREG_SIM_MAC": "a0b1c2d3e4f5"}
+    env = {"DYNREG_SIM_NVS": str(tmp_path / "nvs.bin"), "DYNREG_SIM_MAC": "a0b1c2d3e4f5"}
     code = """
     import esp32, machine
     assert machine.unique_id() == b"\\xa0\\xb1\\xc2\\xd3\\xe4\\xf5"
@@ -172,7 +187,7 @@ def test_machine_reset_exits_86_and_keeps_committed_nvs(interp, tmp_path):
     result = run_board(interp, code, tmp_path, env)
     assert result.returncode == 86, result.stderr
     assert result.stdout == "before reset\n"
-    assert json.loads((tmp_path / "nvs.json").read_text()) == {"dynreg": {"kept": ["i32", 7]}}
+    assert nvsformat.parse((tmp_path / "nvs.bin").read_bytes()) == {"dynreg": {"kept": ("i32", 7)}}
 
 
 # --------------------------------------------------------------------------- network
@@ -625,7 +640,7 @@ def test_runner_rejects_long_key_before_booting(tmp_path):
     result = run_sim("--settings", settings, "--firmware", firmware, "--state", tmp_path / "s")
     assert result.returncode == 2
     assert result.stdout == "[sim] error: settings key 'registration_host' is 17 bytes; NVS keys are at most 15\n"
-    assert not (tmp_path / "s" / "nvs.json").exists()
+    assert not (tmp_path / "s" / "nvs.bin").exists()
 
 
 def test_runner_reports_missing_cloud_file(tmp_path):
@@ -755,7 +770,7 @@ def test_settings_helpers(tmp_path):
         sim.read_settings(write_settings(tmp_path, {"tls": True}))
     big = {"k%d" % i: "x" * 4000 for i in range(6)}
     with pytest.raises(sim.SetupError, match="NOT_ENOUGH_SPACE"):
-        sim.provision(sim.nvs_values(big, tmp_path, tmp_path), tmp_path / "nvs.json")
+        sim.provision(sim.nvs_values(big, tmp_path, tmp_path), tmp_path / "nvs.bin")
 
 
 # --------------------------------------------------------------------------- fetch_deps

@@ -6,9 +6,10 @@ The firmware in firmware/ runs unchanged on a PC, under the MicroPython unix
 port (`micropython`, default) or CPython (`--interp cpython`). What the ESP32
 provides and a PC lacks comes from boards/sim/:
 
-- boards/sim/modules/ (both interpreters): esp32.NVS backed by a JSON file
-  with the board's semantics (i32 and blob only, 15-byte keys, ESP-IDF error
-  codes, nothing durable before commit(), partition capacity); network.WLAN
+- boards/sim/modules/ (both interpreters): esp32.NVS on a binary NVS
+  partition image in ESP-IDF's format (nvsformat.py) with the board's
+  semantics (i32 and blob only, 15-byte keys, ESP-IDF error codes, nothing
+  durable before commit(), the partition's capacity); network.WLAN
   against one simulated access point; machine.reset() / unique_id();
   ntptime; ussl (an alias umqtt.simple 1.3.4 needs on MicroPython 1.29).
 - boards/sim/cpython/ (CPython only): cryptolib, ssl, usocket, ustruct,
@@ -16,17 +17,21 @@ provides and a PC lacks comes from boards/sim/:
 - boards/sim/rom.py: the per-boot entry script (sys.path, boot.py, main.py).
 
 One boot is one interpreter process. machine.reset() ends it with exit code
-86 and this runner starts the next boot: RAM is gone, the NVS file is kept.
+86 and this runner starts the next boot: RAM is gone, the NVS image is kept.
 
 The runner
 ----------
-1. Provisions STATE/nvs.json (namespace "dynreg") from a settings JSON when it
-   does not exist yet or with --fresh; otherwise the device keeps what it
-   stored, like a board that is only power-cycled. Settings: a flat object of
-   NVS keys; a JSON string becomes a UTF-8 blob, an int an i32,
-   {"file": "path"} the file's bytes (PEM converted to DER; relative to the
-   settings file; "@cloud/x" = x in the cloud emulator's state directory).
-   Keys starting with "_" are comments.
+1. Provisions STATE/nvs.bin, the 0x6000-byte NVS partition (namespace
+   "dynreg"), from a settings JSON when it does not exist yet or with
+   --fresh; otherwise the device keeps what it stored, like a board that is
+   only power-cycled. Settings: a flat object of NVS keys; a JSON string
+   becomes a UTF-8 blob, an int an i32, {"file": "path"} the file's bytes
+   (PEM converted to DER; relative to the settings file; "@cloud/x" = x in the
+   cloud emulator's state directory). Keys starting with "_" are comments.
+   The image is made as tools/provision.py makes it for a real board, by
+   esp-idf-nvs-partition-gen (i32 and blob entries only).
+   --nvs IMAGE instead boots from a factory image made by tools/provision.py
+   for a real board, byte for byte (copied in as esptool would flash it).
 2. With --cloud, first starts the cloud emulator (python -m tools.cloud
    --state CLOUD_STATE) for the duration of the run, listening where the
    settings point the device (reg_port, mqtt_port: TLS or plain ports
@@ -36,7 +41,7 @@ The runner
    Device output passes through unchanged; the runner's own lines start
    with "[sim]" and never show setting values.
 
-Environment given to the board: DYNREG_SIM_NVS (NVS file), DYNREG_SIM_WIFI
+Environment given to the board: DYNREG_SIM_NVS (NVS image), DYNREG_SIM_WIFI
 ("ssid\\npassword" of the access point in range, empty = none),
 DYNREG_SIM_MAC (12 hex digits), DYNREG_SIM_FIRMWARE (firmware directory),
 DYNREG_SIM_PATH (dependency directories, os.pathsep-separated).
@@ -47,10 +52,7 @@ Exit codes: 0 main.py returned; 1 the firmware raised (traceback shown);
 any other code is the board's own.
 """
 import argparse
-import base64
-import binascii
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -62,6 +64,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SIM_DIR = REPO / "boards" / "sim"
 NAMESPACE = "dynreg"
+NVS_SIZE = 0x6000  # the nvs partition of MicroPython's default table (boards/sim/board.json)
 MAX_KEY_BYTES = 15
 RESET_EXIT = 86
 EXIT_USAGE = 2
@@ -69,11 +72,12 @@ EXIT_TOO_MANY_BOOTS = 3
 EXIT_BOOT_TIMEOUT = 4
 DEFAULT_MAC = "240ac4123456"
 CLOUD_START_TIMEOUT = 30
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 
 
-class SetupError(Exception):
-    """A problem found before booting: settings, interpreter, cloud (message is safe to print)."""
+# The settings format belongs to tools/provision.py, which makes the factory images of real boards.
+sys.path.insert(0, str(REPO))
+from tools.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
+from tools.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
 
 
 def say(message):
@@ -81,114 +85,63 @@ def say(message):
     print("[sim] " + message, flush=True)
 
 
-def read_settings(path):
-    """Load a settings file: {key: str | int | {"file": path}}, comments dropped.
-
-    Checks key lengths and value types, so mistakes show before any boot.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise SetupError("cannot read settings %s: %s" % (path, exc)) from None
-    if not isinstance(doc, dict):
-        raise SetupError("settings %s: expected a JSON object" % path)
-    settings = {}
-    for key, value in doc.items():
-        if key.startswith("_"):
-            continue
-        size = len(key.encode())
-        if size > MAX_KEY_BYTES:
-            raise SetupError(
-                "settings key %r is %d bytes; NVS keys are at most %d" % (key, size, MAX_KEY_BYTES)
-            )
-        if isinstance(value, bool) or not isinstance(value, (str, int, dict)):
-            raise SetupError("settings key %r: value must be a string, an int or {\"file\": path}" % key)
-        if isinstance(value, int) and not -(2**31) <= value < 2**31:
-            raise SetupError("settings key %r: int does not fit in an i32" % key)
-        if isinstance(value, dict) and (set(value) != {"file"} or not isinstance(value["file"], str)):
-            raise SetupError("settings key %r: a dict value must be {\"file\": \"path\"}" % key)
-        settings[key] = value
-    return settings
-
-
-def pem_to_der(data, name):
-    """The DER bytes of a single-object PEM file."""
-    blocks = _PEM_BLOCK.findall(data)
-    if len(blocks) != 1:
-        raise SetupError("%s holds %d PEM objects; an NVS key holds exactly one" % (name, len(blocks)))
-    body = blocks[0][1]
-    if b":" in body:
-        raise SetupError("%s: encrypted PEM is not supported" % name)
-    try:
-        return base64.b64decode(b"".join(body.split()), validate=True)
-    except binascii.Error:
-        raise SetupError("%s: bad base64 in PEM" % name) from None
-
-
-def resolve_file(spec, settings_dir, cloud_state):
-    """Path of a {"file": ...} reference ("@cloud/" = the emulator's state dir)."""
-    if spec.startswith("@cloud/"):
-        return Path(cloud_state) / spec[len("@cloud/") :]
-    return Path(settings_dir) / spec
-
-
 def nvs_values(settings, settings_dir, cloud_state):
-    """{key: int | bytes}: what goes into NVS for these settings."""
-    values = {}
-    for key, value in settings.items():
-        if isinstance(value, str):
-            values[key] = value.encode()
-        elif isinstance(value, int):
-            values[key] = value
-        else:
-            path = resolve_file(value["file"], settings_dir, cloud_state)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                hint = " (the cloud emulator creates it on start)" if value["file"].startswith("@cloud/") else ""
-                raise SetupError("settings key %r: cannot read %s: %s%s" % (key, path, exc.strerror, hint)) from None
-            if data.lstrip().startswith(b"-----BEGIN"):
-                data = pem_to_der(data, path)
-            values[key] = data
-    return values
+    """{key: int | bytes}: what goes into NVS for these settings (tools/provision.py converts)."""
+    return settings_entries(settings, base_dir=settings_dir, cloud_state=cloud_state)
 
 
-def _load_esp32_shim():
-    """A private instance of boards/sim/modules/esp32.py (fresh NVS state)."""
-    spec = importlib.util.spec_from_file_location("_sim_esp32", SIM_DIR / "modules" / "esp32.py")
+def _load_module(name, path):
+    """A private instance of a module file (the board's nvsformat)."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def provision(values, nvs_path):
-    """Write a factory NVS file holding values in namespace "dynreg".
+def factory_image(values, size=NVS_SIZE):
+    """The factory NVS partition image holding values ({key: int | bytes}) in namespace "dynreg".
 
-    Goes through the board's own NVS shim, so capacity and key rules are
-    the ones the firmware meets.
+    Made by tools/provision.py's build_image(), i.e. by esp-idf-nvs-partition-gen
+    (i32 and base64 blob rows): the image a real board would be flashed with.
+    Checked first against the board's capacity (the board's nvsformat lays
+    entries out as the generator does and names ESP-IDF's error) and read back
+    afterwards with the board's own reader.
     """
-    nvs_path = Path(nvs_path)
-    nvs_path.parent.mkdir(parents=True, exist_ok=True)
-    if nvs_path.exists():
-        nvs_path.unlink()
-    saved = os.environ.get("DYNREG_SIM_NVS")
-    os.environ["DYNREG_SIM_NVS"] = str(nvs_path)
+    nvsformat = _load_module("_sim_nvsformat", SIM_DIR / "modules" / "nvsformat.py")
+    items = {key: ("i32", v) if isinstance(v, int) else ("blob", bytes(v)) for key, v in values.items()}
     try:
-        nvs = _load_esp32_shim().NVS(NAMESPACE)
-        for key, value in values.items():
-            if isinstance(value, int):
-                nvs.set_i32(key, value)
-            else:
-                nvs.set_blob(key, value)
-        nvs.commit()
+        nvsformat.build({NAMESPACE: items}, size)
     except OSError as exc:
         raise SetupError("settings do not fit in NVS: %s" % exc.strerror) from None
-    finally:
-        if saved is None:
-            del os.environ["DYNREG_SIM_NVS"]
-        else:
-            os.environ["DYNREG_SIM_NVS"] = saved
+    image = build_image(values, size)  # raises SetupError (tools/provision.py's ProvisionError)
+    if nvsformat.parse(image) != {NAMESPACE: items}:
+        raise SetupError("the generated NVS image does not read back as the settings")
+    return image
+
+
+def provision(values, nvs_path, size=NVS_SIZE):
+    """Write the factory NVS image holding values in namespace "dynreg" to nvs_path."""
+    image = factory_image(values, size)
+    nvs_path = Path(nvs_path)
+    nvs_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = nvs_path.with_name(nvs_path.name + ".tmp")
+    tmp.write_bytes(image)
+    tmp.replace(nvs_path)
+
+
+def flash_image(image_path, nvs_path):
+    """Copy a factory NVS image (tools/provision.py) into the board, as esptool write-flash would."""
+    try:
+        image = Path(image_path).read_bytes()
+    except OSError as exc:
+        raise SetupError("--nvs %s: %s" % (image_path, exc.strerror)) from None
+    if len(image) != NVS_SIZE:
+        raise SetupError("--nvs %s is %#x bytes; the board's NVS partition is %#x" % (image_path, len(image), NVS_SIZE))
+    nvs_path = Path(nvs_path)
+    nvs_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = nvs_path.with_name(nvs_path.name + ".tmp")
+    tmp.write_bytes(image)
+    tmp.replace(nvs_path)
 
 
 def wifi_spec(arg, settings):
@@ -321,6 +274,8 @@ def build_parser():
     parser.add_argument("--firmware", default=str(REPO / "firmware"), help="firmware directory")
     parser.add_argument("--state", help="board state directory (default build/sim/<settings name>)")
     parser.add_argument("--fresh", action="store_true", help="re-provision NVS (and with --cloud: forget cloud devices)")
+    parser.add_argument("--nvs", metavar="IMAGE", help="boot from this NVS partition image (tools/provision.py), "
+                        "as if flashed: replaces the board's NVS (the settings then only give the Wi-Fi and cloud ports)")
     parser.add_argument("--cloud", action="store_true", help="run the cloud emulator during the run")
     parser.add_argument("--cloud-state", default=str(REPO / "build" / "cloud"), help='directory "@cloud/" refers to')
     parser.add_argument("--wifi", help='access point in range as "ssid:password" ("" = none; default: settings)')
@@ -344,14 +299,17 @@ def main(argv=None):
         return EXIT_USAGE
     settings_path = Path(args.settings)
     state = Path(args.state) if args.state else REPO / "build" / "sim" / settings_path.stem
-    nvs_path = (state / "nvs.json").resolve()
+    nvs_path = (state / "nvs.bin").resolve()
     cloud = None
     try:
         settings = read_settings(settings_path)
         command = interpreter_command(args.interp, args.heapsize)
         if args.cloud:
             cloud = start_cloud(args.cloud_state, settings, args.fresh)
-        if args.fresh or not nvs_path.exists():
+        if args.nvs:
+            flash_image(args.nvs, nvs_path)
+            say("NVS flashed from %s into %s" % (args.nvs, nvs_path))
+        elif args.fresh or not nvs_path.exists():
             values = nvs_values(settings, settings_path.resolve().parent, args.cloud_state)
             provision(values, nvs_path)
             say("NVS provisioned from %s into %s: %s" % (settings_path, nvs_path, ", ".join(sorted(values))))

@@ -21,6 +21,9 @@ from .platform import DEVICE, Platform, Refused, compact, log, same, shown
 
 HASHES = {"hmacsha256": hashlib.sha256, "hmacsha1": hashlib.sha1}
 SDK_APPID = "12010126"
+# sdkappid field of the MQTT username: the C SDK sends 12010126, the Python SDK (tencent-iot-device)
+# 21010406; the cloud takes both
+SDK_APPIDS = (SDK_APPID, "21010406")
 # Tencent allows letters, digits and :_-.@ up to 48 characters; it also keeps names topic-safe
 DEVICE_NAME = re.compile(r"[A-Za-z0-9:_\-.@]{1,48}")
 
@@ -205,7 +208,7 @@ class TencentPlatform(Platform):
 
     def mqtt_authenticate(self, session):
         fields = (session.username or "").split(";")
-        if len(fields) != 4 or fields[1] != SDK_APPID:
+        if len(fields) != 4 or fields[1] not in SDK_APPIDS:
             return None
         # under the lock so that a registration cannot slip in between check and activation
         with self.store.lock:

@@ -1,41 +1,53 @@
-"""Simulated esp32 module: NVS (non-volatile storage) backed by a JSON file.
+"""Simulated esp32 module: NVS (non-volatile storage) on an ESP-IDF NVS partition image.
 
-Runs under MicroPython (unix port) and CPython. Semantics follow
-ports/esp32/esp32_nvs.c over ESP-IDF's nvs_* API:
-- only i32 and blob values; a missing key or a key of the other type raises
+Runs under MicroPython (unix port) and CPython. The flash is a binary NVS
+partition in ESP-IDF's format (version 2, see nvsformat.py): the board boots
+from exactly the image esp-idf-nvs-partition-gen writes for a real board, and
+what it commits is stored in that format.
+
+Semantics follow ports/esp32/esp32_nvs.c over ESP-IDF's nvs_* API:
+- only i32 and blob values; a missing key or a key of another type (a string,
+  a u8, ... as ESP-IDF's own components write them) raises
   OSError(-4354, 'ESP_ERR_NVS_NOT_FOUND');
 - namespaces and keys are at most 15 bytes (-4361 ESP_ERR_NVS_KEY_TOO_LONG);
 - get_blob() into a too-small buffer raises -4364 ESP_ERR_NVS_INVALID_LENGTH;
-- writes are visible at once in this process but reach the backing file only
-  on commit() (stricter than the hardware, so a missing commit() shows up);
-- capacity is that of the default 0x6000 partition (-4357 when full).
+- capacity is that of the partition, laid out as nvsformat.build() lays it
+  out (-4357 ESP_ERR_NVS_NOT_ENOUGH_SPACE when a write does not fit; -4366
+  ESP_ERR_NVS_VALUE_TOO_LONG for a blob over (pages - 1) x 4000 bytes);
+- writes are visible at once in this process but reach the image only on
+  commit() (stricter than the hardware, which writes at once, so a missing
+  commit() shows up). commit() stores the handle's namespace as it is now,
+  keeps every other namespace as the image holds it, and rewrites the whole
+  image from that content (nvsformat.build(): a compacted layout; the real
+  ESP-IDF appends new items and erases old ones in place). The file is
+  replaced atomically (a crash leaves the old or the new image).
 
-The backing file is named by the environment variable DYNREG_SIM_NVS; unset
-means a board whose flash is never written (nothing survives the process).
-File format: {"<namespace>": {"<key>": ["i32", 5] | ["blob", "<base64>"]}}.
+Environment: DYNREG_SIM_NVS names the partition image file; its size is the
+partition's size. A missing file is an erased partition of DYNREG_SIM_NVS_SIZE
+bytes (default 0x6000, MicroPython's default partition table), created on the
+first commit(). Unset means a board whose flash is never written (nothing
+survives the process). An image whose pages are of a newer format than v2 is
+erased, as MicroPython's startup does on ESP_ERR_NVS_NEW_VERSION_FOUND.
 """
-import binascii
-import json
 import os
 
+import nvsformat
+
 _NOT_FOUND = -4354
-_NOT_ENOUGH_SPACE = -4357
-_KEY_TOO_LONG = -4361
+_KEY_TOO_LONG = nvsformat.KEY_TOO_LONG
 _INVALID_LENGTH = -4364
 _NAMES = {
     _NOT_FOUND: "ESP_ERR_NVS_NOT_FOUND",
-    _NOT_ENOUGH_SPACE: "ESP_ERR_NVS_NOT_ENOUGH_SPACE",
-    _KEY_TOO_LONG: "ESP_ERR_NVS_KEY_TOO_LONG",
     _INVALID_LENGTH: "ESP_ERR_NVS_INVALID_LENGTH",
 }
-_MAX_KEY = 15
-# 0x6000 bytes = 6 pages of 4 KiB; one page stays free for garbage collection;
-# each page holds 126 entries of 32 bytes.
-_CAPACITY = 5 * 126
+for _code in nvsformat.ERROR_NAMES:
+    _NAMES[_code] = nvsformat.ERROR_NAMES[_code]
 
-# Both map namespace -> {key: (type, value)} with value an int or bytes.
-_committed = None  # what the backing file holds
+# Both: [[namespace, [[key, (type, value)], ...]], ...] in flash order (lists,
+# not dicts: MicroPython's dicts do not keep insertion order).
+_committed = None  # what the image holds
 _live = None  # what this process sees: committed + uncommitted writes
+_size = nvsformat.DEFAULT_SIZE
 
 
 def _error(code):
@@ -45,73 +57,62 @@ def _error(code):
 def _check_name(name):
     if not isinstance(name, str):
         raise TypeError("can't convert to str implicitly")
-    if len(name.encode()) > _MAX_KEY:
+    if len(name.encode()) > nvsformat.MAX_KEY:
         raise _error(_KEY_TOO_LONG)
 
 
 def _copy(store):
-    return dict((ns, dict(keys)) for ns, keys in store.items())
+    return [[ns, [list(pair) for pair in pairs]] for ns, pairs in store]
+
+
+def _find(pairs, name):
+    """Index of name in a list of [name, ...] pairs, or -1."""
+    for i in range(len(pairs)):
+        if pairs[i][0] == name:
+            return i
+    return -1
 
 
 def _load():
-    """Read the backing file once per process (a boot reads flash)."""
-    global _committed, _live
+    """Read the partition once per process (a boot reads flash)."""
+    global _committed, _live, _size
     if _live is not None:
         return
-    _committed = {}
     path = os.getenv("DYNREG_SIM_NVS")
+    image = None
     if path:
         try:
-            with open(path) as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                image = f.read()
         except OSError:
-            text = ""  # no file yet: erased flash
-        if text:
-            for ns, keys in json.loads(text).items():
-                entries = {}
-                for key, item in keys.items():
-                    if item[0] == "i32":
-                        entries[key] = ("i32", item[1])
-                    else:
-                        entries[key] = ("blob", binascii.a2b_base64(item[1]))
-                _committed[ns] = entries
+            pass  # no file yet: erased flash
+    if image is None:
+        image = nvsformat.erased(int(os.getenv("DYNREG_SIM_NVS_SIZE") or "0x6000", 0))
+    _size = len(image)
+    try:
+        content = nvsformat.read(image)
+    except OSError as e:
+        if e.args[0] != nvsformat.NEW_VERSION_FOUND:
+            raise
+        content = []  # MicroPython's startup: nvs_flash_erase(), nvs_flash_init()
+    except ValueError as e:
+        raise ValueError("NVS image %s: %s" % (path, e))
+    _committed = [[ns, [list(pair) for pair in pairs]] for ns, pairs in content]
     _live = _copy(_committed)
 
 
-def _save():
+def _save(content):
+    """Write the image of content (the whole partition) and make it the committed state."""
+    global _committed
+    image = nvsformat.build(content, _size)
     path = os.getenv("DYNREG_SIM_NVS")
-    if not path:
-        return
-    doc = {}
-    for ns, keys in _committed.items():
-        out = {}
-        for key, (kind, value) in keys.items():
-            if kind == "blob":
-                value = binascii.b2a_base64(value).decode().strip()
-            out[key] = [kind, value]
-        doc[ns] = out
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(json.dumps(doc))
-    # rename() replaces the old file atomically: a crash leaves old or new
-    os.rename(tmp, path)
-
-
-def _entries(item):
-    """Flash entries used by one value (ESP-IDF v4+ layout)."""
-    if item[0] == "i32":
-        return 1
-    # blob index entry + data header entry + 32-byte data entries
-    return 2 + (len(item[1]) + 31) // 32
-
-
-def _used():
-    total = 0
-    for keys in _live.values():
-        total += 1  # the namespace entry
-        for item in keys.values():
-            total += _entries(item)
-    return total
+    if path:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(image)
+        # rename() replaces the old file atomically: a crash leaves old or new
+        os.rename(tmp, path)
+    _committed = content
 
 
 class NVS:
@@ -121,24 +122,30 @@ class NVS:
         _check_name(namespace)
         _load()
         self._ns = namespace
-        if namespace not in _live:
-            _live[namespace] = {}
+        if _find(_live, namespace) < 0:
+            _live.append([namespace, []])
+
+    def _pairs(self):
+        return _live[_find(_live, self._ns)][1]
 
     def _get(self, key, kind):
         _check_name(key)
-        item = _live[self._ns].get(key)
-        if item is None or item[0] != kind:
+        pairs = self._pairs()
+        i = _find(pairs, key)
+        if i < 0 or pairs[i][1][0] != kind:
             raise _error(_NOT_FOUND)
-        return item[1]
+        return pairs[i][1][1]
 
     def _set(self, key, item):
         _check_name(key)
-        keys = _live[self._ns]
-        old = keys.get(key)
-        need = _used() + _entries(item) - (_entries(old) if old else 0)
-        if need > _CAPACITY:
-            raise _error(_NOT_ENOUGH_SPACE)
-        keys[key] = item
+        pairs = self._pairs()
+        i = _find(pairs, key)
+        if i >= 0 and pairs[i][1] == item:
+            return  # ESP-IDF does not write an unchanged value
+        # ESP-IDF appends the new item and erases the old one
+        trial = [pair for pair in pairs if pair[0] != key] + [[key, item]]
+        nvsformat.check([(ns, trial if ns == self._ns else p) for ns, p in _live], _size)  # raises when full
+        pairs[:] = trial
 
     def set_i32(self, key, value):
         """Store a signed 32-bit integer under key (durable after commit())."""
@@ -170,12 +177,19 @@ class NVS:
     def erase_key(self, key):
         """Remove key (durable after commit())."""
         _check_name(key)
-        keys = _live[self._ns]
-        if key not in keys:
+        pairs = self._pairs()
+        i = _find(pairs, key)
+        if i < 0:
             raise _error(_NOT_FOUND)
-        del keys[key]
+        del pairs[i]
 
     def commit(self):
-        """Write this namespace's current contents to the backing file."""
-        _committed[self._ns] = dict(_live[self._ns])
-        _save()
+        """Write this namespace's current contents to the partition image."""
+        content = _copy(_committed)
+        pairs = [list(pair) for pair in self._pairs()]
+        i = _find(content, self._ns)
+        if i < 0:
+            content.append([self._ns, pairs])
+        else:
+            content[i][1] = pairs
+        _save(content)
