@@ -121,12 +121,7 @@ def factory_image(values, size=NVS_SIZE):
 
 def provision(values, nvs_path, size=NVS_SIZE):
     """Write the factory NVS image holding values in namespace "dynreg" to nvs_path."""
-    image = factory_image(values, size)
-    nvs_path = Path(nvs_path)
-    nvs_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = nvs_path.with_name(nvs_path.name + ".tmp")
-    tmp.write_bytes(image)
-    tmp.replace(nvs_path)
+    write_nvs(factory_image(values, size), nvs_path)
 
 
 def flash_image(image_path, nvs_path):
@@ -137,6 +132,11 @@ def flash_image(image_path, nvs_path):
         raise SetupError("--nvs %s: %s" % (image_path, exc.strerror)) from None
     if len(image) != NVS_SIZE:
         raise SetupError("--nvs %s is %#x bytes; the board's NVS partition is %#x" % (image_path, len(image), NVS_SIZE))
+    write_nvs(image, nvs_path)
+
+
+def write_nvs(image, nvs_path):
+    """Put an NVS image into the board's flash file, atomically (a half-written file is no partition)."""
     nvs_path = Path(nvs_path)
     nvs_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = nvs_path.with_name(nvs_path.name + ".tmp")

@@ -2,7 +2,7 @@
 
 import time
 
-from dynreg import log
+from dynreg import log, net
 
 
 class Device:
@@ -43,8 +43,19 @@ class Device:
         """Handle incoming messages for up to timeout_ms (less if a wait_for() message arrives)."""
         t0 = time.ticks_ms()
         while time.ticks_diff(time.ticks_ms(), t0) < timeout_ms and self._got is None:
-            if self.client.check_msg() is None:
+            op = self.client.check_msg()
+            if op is None:
                 time.sleep_ms(20)
+            elif op & 0xF0 != 0x30:
+                # umqtt.simple hands back other packets after their first byte (SUBACK of subscribe())
+                op, body = net.mqtt_read(self.client.sock, 64, op)
+                if op == 0x90 and b"\x80" in body[2:]:
+                    log("the broker refused a subscription")
+
+    def subscribe(self, topics):
+        """Subscribe to all `topics` (QoS 0) in one packet, without waiting: poll() takes the SUBACK."""
+        self.client.pid += 1
+        self.client.sock.write(net.mqtt_subscribe(self.client.pid, topics))
 
     def next_id(self):
         """A fresh message id for this boot."""

@@ -58,8 +58,7 @@ def _attempt(st, plat, name):
         st.erase("prod_secret")
         st.commit()
         log("product secret erased from NVS (forget_prod=1): this device can no longer re-register")
-    for topic in plat.subscriptions(dev):
-        dev.client.subscribe(topic)
+    dev.subscribe(plat.subscriptions(dev))
     plat.after_login(dev)
     return dev
 

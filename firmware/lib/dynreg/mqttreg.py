@@ -7,34 +7,11 @@ request id arrives; other messages are ignored. The registration boot never impo
 """
 
 import json
-import struct
 import time
 
 from dynreg import DynregError, log, net
 
 MAX_PACKET = 1024  # bytes of one MQTT packet the device accepts during registration
-
-
-def _read_packet(s):
-    # -> (first header byte, body); refuses lengths over MAX_PACKET before reading them
-    head = s.read(1)
-    if not head:
-        raise DynregError("the broker closed the registration connection")
-    n = shift = 0
-    while True:
-        b = s.read(1)
-        if not b or shift > 21:
-            raise DynregError("malformed MQTT packet from the broker")
-        n |= (b[0] & 0x7F) << shift
-        if not b[0] & 0x80:
-            break
-        shift += 7
-    if n > MAX_PACKET:
-        raise DynregError("a %d-byte packet from the broker exceeds the %d-byte limit" % (n, MAX_PACKET))
-    body = s.read(n) if n else b""
-    if len(body) != n:
-        raise DynregError("MQTT packet from the broker cut short")
-    return head[0], body
 
 
 def _reply(kind, body, topic):
@@ -59,12 +36,12 @@ def exchange(s, reply_topic, request_topic, request, match, timeout_ms=5000):
     want = reply_topic.encode()
     try:
         # One write for both: separate small writes would wait for TCP ACKs (Nagle), costing round trips.
-        s.write(net.mqtt_packet(0x82, struct.pack("!H", 1) + net.mqtt_string(reply_topic) + b"\x00")
+        s.write(net.mqtt_subscribe(1, (reply_topic,))
                 + net.mqtt_packet(0x30, net.mqtt_string(request_topic) + request.encode()))
         t0 = time.ticks_ms()
         while time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
             try:
-                kind, body = _read_packet(s)
+                kind, body = net.mqtt_read(s, MAX_PACKET)
             except OSError:  # the socket's own timeout
                 break
             if kind == 0x90 and body[-1:] == b"\x80":

@@ -93,6 +93,11 @@ def open_socket(host, port, ctx=None, timeout=10):
     s = socket.socket()
     try:
         s.settimeout(timeout)
+        try:
+            # umqtt.simple and mbedTLS write small pieces; with Nagle each waits for the peer's ACK.
+            s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
+        except (OSError, TypeError, ValueError):
+            pass  # a stack without the option still works, only slower
         s.connect(addr)
         if ctx:
             gc.collect()  # the TLS handshake needs large contiguous buffers
@@ -163,6 +168,42 @@ def mqtt_packet(first, body):
         n >>= 7
     head.append(n)
     return head + body
+
+
+def mqtt_read(s, limit, first=None):
+    """Read one MQTT packet -> (first header byte, body); `first` when the caller read that byte already.
+
+    A remaining length over `limit` is refused before anything more is read, so a hostile peer
+    cannot make the device allocate what it announces.
+    """
+    if first is None:
+        head = s.read(1)
+        if not head:
+            raise DynregError("mqtt: the broker closed the connection")
+        first = head[0]
+    n = shift = 0
+    while True:
+        b = s.read(1)
+        if not b or shift > 21:
+            raise DynregError("mqtt: malformed packet from the broker")
+        n |= (b[0] & 0x7F) << shift
+        if not b[0] & 0x80:
+            break
+        shift += 7
+    if n > limit:
+        raise DynregError("mqtt: a %d-byte packet from the broker exceeds the %d-byte limit" % (n, limit))
+    body = s.read(n) if n else b""
+    if len(body) != n:
+        raise DynregError("mqtt: packet from the broker cut short")
+    return first, body
+
+
+def mqtt_subscribe(pid, topics):
+    """The bytes of one SUBSCRIBE (QoS 0) for all `topics`; the caller writes them (with more, if it likes)."""
+    body = struct.pack("!H", pid)
+    for t in topics:
+        body += mqtt_string(t) + b"\x00"
+    return mqtt_packet(0x82, body)
 
 
 def mqtt_open(client_id, host, port, user, password, tls, ca, cert=None, key=None, keepalive=60, timeout=10):

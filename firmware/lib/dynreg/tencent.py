@@ -163,11 +163,9 @@ def login(st, name):
 
 def after_login(dev):
     """Learn the cloud's time over $sys/operation (as Tencent's SDKs do) and correct the clock by it."""
-    res = "$sys/operation/result/%s/%s" % (dev.pid, dev.ident)
-    dev.client.subscribe(res)
-    sent = time.ticks_ms()
+    sent = time.ticks_ms()  # subscriptions() included the result topic: the broker has it by now
     dev.client.publish("$sys/operation/%s/%s" % (dev.pid, dev.ident), b'{"type":"get","resource":["time"]}')
-    msg = dev.wait_for(res, 5000)
+    msg = dev.wait_for("$sys/operation/result/%s/%s" % (dev.pid, dev.ident), 5000)
     if msg is None:
         log("tencent: no time reply within 5 s; keeping the local clock")
         return
@@ -188,8 +186,9 @@ def report(dev, props):
 
 
 def subscriptions(dev):
-    """Topics the device listens on in normal operation."""
-    return ("$thing/down/property/%s/%s" % (dev.pid, dev.ident),)
+    """Topics the device listens on: data-template replies and the time service's answers."""
+    return ("$thing/down/property/%s/%s" % (dev.pid, dev.ident),
+            "$sys/operation/result/%s/%s" % (dev.pid, dev.ident))
 
 
 def handle(dev, topic, msg):

@@ -1,0 +1,62 @@
+"""`make bench`, quick variant (tools/bench.py --quick): the table is produced, every registration takes
+the minimum round trips, and RAM, flash and time are sane, so that a regression shows in `make test`.
+
+The bounds are loose on purpose (the quick variant bisects in 8 KiB steps and times one run); the full
+figures and the issue's targets are in README "Performance".
+"""
+
+import json
+import subprocess
+
+from host_tests.conftest import PYTHON, REPO
+
+PLATFORMS = ["tencent", "ucloud", "protco"]
+KIB = 1024
+
+
+def test_bench_quick(tmp_path):
+    proc = subprocess.run([PYTHON, str(REPO / "tools" / "bench.py"), "--quick", "--out", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
+    r = json.loads((tmp_path / "bench.json").read_text())
+    assert "errors" not in r, r["errors"]
+    assert r["mode"] == "quick" and r["platforms"] == PLATFORMS
+    table = (tmp_path / "bench.md").read_text()
+    assert table in proc.stdout
+    for row in ("RAM: smallest heap", "Flash: dynreg .mpy the platform needs", "Registration round trips",
+                "Time: power-on → first publish"):
+        assert row in table
+
+    # round trips: Tencent one HTTP exchange, UCloud and Protco two (CONNECT, SUBSCRIBE+PUBLISH)
+    for p, minimum in zip(PLATFORMS, (1, 2, 2)):
+        rt = r["round_trips"][p]
+        assert rt["minimum"] == minimum and rt["measured"] and set(rt["measured"]) == {minimum}, (p, rt)
+    assert r["targets"]["round_trips"]["met"]
+
+    # RAM: the interpreter alone < the bare-MQTT floor < each platform's whole flow, within a bound
+    ram = r["ram"]
+    idle, floor = ram["idle"]["heap"], ram["floor"]["heap"]
+    assert 8 * KIB <= idle < floor <= 128 * KIB, ram
+    for p in PLATFORMS:
+        heap = ram["platforms"][p]["heap"]
+        assert floor <= heap <= 2.5 * floor, (p, ram)
+        assert ram["platforms"][p]["binding_boot"] in ("registration", "login")
+
+    # flash: every module compiled; the import sets are real (dynreg and its platform) and bounded
+    fl = r["flash"]
+    assert 1000 < fl["umqtt_simple"] < 4 * KIB
+    assert {"dynreg", "dynreg.flow", "dynreg.net", "dynreg.tencent", "dynreg.ucloud", "dynreg.protco"} <= set(
+        fl["modules"])
+    for p in PLATFORMS:
+        f = fl["platforms"][p]
+        assert "dynreg." + p in f["registration"]["modules"] and "dynreg." + p in f["login"]["modules"]
+        assert "umqtt.simple" in f["login"]["modules"]  # the login boot talks MQTT through umqtt.simple
+        others = {"dynreg." + q for q in PLATFORMS if q != p}
+        assert not others & set(f["all"]["modules"]), (p, f)  # a platform never loads another's module
+        assert 0 < f["registration"]["dynreg_bytes"] <= f["all"]["dynreg_bytes"] < 16 * KIB, (p, f)
+
+    # time: the login boot is part of the whole first boot, both well under the boot timeout
+    for p in PLATFORMS:
+        t = r["time"]["platforms"][p]
+        assert 0 < t["login_boot_median_ms"] < t["first_boot_median_ms"] < 10000, (p, t)
+        assert t["registration_boot_median_ms"] > 0 and t["connect_median_ms"] > 0
