@@ -24,7 +24,7 @@ def _reply(kind, body, topic):
         return None
     try:
         reply = json.loads(body[2 + n + (2 if kind & 6 else 0):])
-    except ValueError:
+    except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
         log("ignoring a reply that is not JSON")
         return None
     return reply if isinstance(reply, dict) else None

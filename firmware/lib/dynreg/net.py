@@ -184,12 +184,14 @@ def mqtt_read(s, limit, first=None):
     n = shift = 0
     while True:
         b = s.read(1)
-        if not b or shift > 21:
+        if not b:
             raise DynregError("mqtt: malformed packet from the broker")
         n |= (b[0] & 0x7F) << shift
         if not b[0] & 0x80:
             break
         shift += 7
+        if shift > 21:  # a remaining length has at most four bytes
+            raise DynregError("mqtt: malformed packet from the broker")
     if n > limit:
         raise DynregError("mqtt: a %d-byte packet from the broker exceeds the %d-byte limit" % (n, limit))
     body = s.read(n) if n else b""

@@ -48,11 +48,6 @@ def register(st, name):
     secret = st.get("prod_secret")
     if not secret:
         raise ConfigError("NVS key 'prod_secret' is missing")
-    host, port, tls = _endpoint(st)
-    user, password = _sign(st, pid, secret)
-    log("protco: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
-    s = net.mqtt_open("register_%s_%s" % (pid, name), host, port, user, password, tls, st.get("ca"), timeout=5)
-    secret = password = None
     data = {}
     for key, field in (("barcode", "barcode"), ("replace_pid", "replacePid"), ("replace_sec", "secret")):
         value = st.text(key)
@@ -60,6 +55,11 @@ def register(st, name):
             data[field] = value
     if "replacePid" in data and "secret" not in data:
         raise ConfigError("NVS key 'replace_sec' is needed with 'replace_pid'")
+    host, port, tls = _endpoint(st)
+    user, password = _sign(st, pid, secret)
+    log("protco: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
+    s = net.mqtt_open("register_%s_%s" % (pid, name), host, port, user, password, tls, st.get("ca"), timeout=5)
+    secret = password = None
     mid = crypto.hexstr(net.random_bytes(8))
     request = json.dumps({"id": mid, "ts": net.unix_time(), "code": "register", "ack": 1, "data": data})
     data = None
@@ -67,7 +67,8 @@ def register(st, name):
     reply = mqttreg.exchange(s, base + "_response", base, request, lambda r: r.get("id") == mid)
     res = reply.get("res")
     if res != 0:
-        raise DynregError("protco: registration refused: res %s (%s)" % (res, ERRORS.get(res, reply.get("msg"))))
+        why = ERRORS.get(res) if isinstance(res, int) else None
+        raise DynregError("protco: registration refused: res %s (%s)" % (res, why or reply.get("msg")))
     d = reply.get("data")
     if not isinstance(d, dict):
         raise DynregError("protco: reply holds no data")
@@ -116,12 +117,13 @@ def handle(dev, topic, msg):
     try:
         cmd = json.loads(msg)
         code = cmd["code"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RuntimeError):
         log("protco: ignoring a malformed command")
         return True
     res, data = 0, {}
     if code == "property_set":
-        props = (cmd.get("data") or {}).get("properties")
+        data = cmd.get("data")
+        props = data.get("properties") if isinstance(data, dict) else None
         if isinstance(props, dict):
             dev.properties.update(props)
             data = {"properties": props}

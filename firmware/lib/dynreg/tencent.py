@@ -54,7 +54,7 @@ def decrypt_payload(payload, length, secret):
         raise DynregError("tencent: payload padding is not zeros (wrong product secret?)")
     try:
         info = json.loads(plain[:length])
-    except ValueError:
+    except (ValueError, RuntimeError):
         raise DynregError("tencent: decrypted payload is not JSON (wrong product secret?)")
     if not isinstance(info, dict):
         raise DynregError("tencent: decrypted payload is not a JSON object")
@@ -80,7 +80,7 @@ def credentials(info):
 def _reply(body, secret):
     try:
         reply = json.loads(body)
-    except ValueError:
+    except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
         raise DynregError("tencent: reply is not JSON")
     if not isinstance(reply, dict):
         raise DynregError("tencent: reply is not a JSON object")
@@ -173,7 +173,9 @@ def after_login(dev):
         t = json.loads(msg)
         # Midpoint of the server's receive/send times plus half the round trip, in ms (as the Python SDK).
         cloud_ms = (t["ntptime1"] + t["ntptime2"] + time.ticks_diff(time.ticks_ms(), sent)) // 2
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(cloud_ms, int) or not 1577836800 < cloud_ms // 1000 < 4102444800:  # 2020..2100
+            raise ValueError("time out of range")
+    except (ValueError, KeyError, TypeError, RuntimeError):
         log("tencent: malformed time reply ignored")
         return
     log("tencent: time synced over $sys/operation (clock offset %+d s)" % net.correct_clock(cloud_ms // 1000))
