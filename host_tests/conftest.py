@@ -152,3 +152,13 @@ def mqtt_settings(cloud, platform, pid, name, **extra):
              max_tries=1)
     s.update(extra)
     return s
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the robustness counts (README "Failure behaviour") that the fault and hostile tests wrote."""
+    for name in ("faults.json", "hostile.json"):
+        path = REPO / "build" / "robustness" / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            summary = {k: v for k, v in data.items() if k not in ("by_case", "hostile_runs")}
+            terminalreporter.write_line("robustness %s: %s" % (name, json.dumps(summary, sort_keys=True)))

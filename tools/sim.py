@@ -46,6 +46,15 @@ Environment given to the board: DYNREG_SIM_NVS (NVS image), DYNREG_SIM_WIFI
 DYNREG_SIM_MAC (12 hex digits), DYNREG_SIM_FIRMWARE (firmware directory),
 DYNREG_SIM_PATH (dependency directories, os.pathsep-separated).
 
+Fault injection (the hardware stand-ins only; boards/sim/modules/simfault.py):
+--fault SPEC sets DYNREG_SIM_FAULT=SPEC for the FIRST boot only (later boots are
+clean): nvs_write:N, nvs_commit:N (power cuts at NVS writes), wifi:fail[:K],
+wifi:timeout[:K], ntp:fail[:K]. The board ends an injected power cut with exit
+code 87 and the runner boots it again. --cut-on REGEX kills the board (SIGKILL:
+a power cut) when a line of its output matches, once per run, and boots it
+again. SIGUSR1 to the runner does the same at once (test proxies use it to
+cut the power at an exact point of a connection, host_tests/faultproxy.py).
+
 Exit codes: 0 main.py returned; 1 the firmware raised (traceback shown);
 2 bad command line or settings, or the cloud emulator did not start;
 3 more than --max-boots boots; 4 a boot ran longer than --boot-timeout;
@@ -56,8 +65,10 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +78,7 @@ NAMESPACE = "dynreg"
 NVS_SIZE = 0x6000  # the nvs partition of MicroPython's default table (boards/sim/board.json)
 MAX_KEY_BYTES = 15
 RESET_EXIT = 86
+POWER_CUT_EXIT = 87  # boards/sim/modules/simfault.py: an injected power cut
 EXIT_USAGE = 2
 EXIT_TOO_MANY_BOOTS = 3
 EXIT_BOOT_TIMEOUT = 4
@@ -243,15 +255,75 @@ def stop_cloud(proc):
             proc.wait()
 
 
-def boot_loop(command, env, interp, max_boots, boot_timeout):
+class PowerSwitch:
+    """The board's power: the running boot, and cutting it (SIGKILL) from a signal or an output match."""
+
+    def __init__(self):
+        self.proc = None
+        self.cut = False
+        self.matched = False  # --cut-on has fired
+        self.lock = threading.RLock()  # the SIGUSR1 handler runs in the main thread, which may hold it
+
+    def pull(self):
+        """Cut the power of the running boot (no-op between boots)."""
+        with self.lock:
+            if self.proc is not None and self.proc.poll() is None:
+                self.cut = True
+                self.proc.kill()
+
+
+def _pump(proc, pattern, switch):
+    """Copy the board's output line by line; pull the plug at the first line matching `pattern`."""
+    for line in iter(proc.stdout.readline, b""):
+        sys.stdout.buffer.write(line)
+        sys.stdout.flush()
+        if pattern is not None and pattern.search(line.decode(errors="replace")):
+            pattern = None
+            switch.matched = True
+            switch.pull()
+
+
+def boot_loop(command, env, interp, max_boots, boot_timeout, fault=None, cut_on=None):
     """Boot until main.py returns or fails; return the runner's exit code."""
+    switch = PowerSwitch()
+    pattern = re.compile(cut_on) if cut_on else None
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, lambda signum, frame: switch.pull())
     for boot in range(1, max_boots + 1):
-        say("boot %d (%s)" % (boot, interp))
+        boot_env = dict(env)
+        if fault and boot == 1:
+            boot_env["DYNREG_SIM_FAULT"] = fault
+            say("boot %d (%s), fault injected: %s" % (boot, interp, fault))
+        else:
+            say("boot %d (%s)" % (boot, interp))
+        piped = pattern is not None
+        proc = subprocess.Popen(command, env=boot_env, stdout=subprocess.PIPE if piped else None)
+        with switch.lock:
+            switch.proc, switch.cut = proc, False
+        pump = None
+        if piped:
+            pump = threading.Thread(target=_pump, args=(proc, pattern, switch), daemon=True)
+            pump.start()
         try:
-            code = subprocess.run(command, env=env, timeout=boot_timeout or None).returncode
+            code = proc.wait(timeout=boot_timeout or None)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
             say("boot %d still running after %s s: stopped" % (boot, boot_timeout))
             return EXIT_BOOT_TIMEOUT
+        finally:
+            if pump is not None:
+                pump.join(5)
+            with switch.lock:
+                cut, switch.proc = switch.cut, None
+        if switch.matched:
+            pattern = None  # --cut-on fires once per run
+        if cut:
+            say("power cut (SIGKILL): booting again, RAM cleared, NVS as it was")
+            continue
+        if code == POWER_CUT_EXIT:
+            say("power cut (fault injected): booting again, RAM cleared, NVS as it was")
+            continue
         if code == RESET_EXIT:
             say("machine.reset(): rebooting, RAM cleared, NVS kept")
             continue
@@ -284,6 +356,10 @@ def build_parser():
     parser.add_argument("--boot-timeout", type=float, default=60, help="seconds per boot (0 = no limit)")
     parser.add_argument("--umqtt", choices=("legacy", "frozen"), default="frozen", help="umqtt.simple variant (tools/fetch_deps.py)")
     parser.add_argument("--heapsize", help="MicroPython heap size, e.g. 120000 or 128K")
+    parser.add_argument("--fault", help="fault injected into the first boot only, e.g. nvs_write:1, nvs_commit:1, "
+                        "wifi:fail:2, wifi:timeout:1, ntp:fail (boards/sim/modules/simfault.py)")
+    parser.add_argument("--cut-on", metavar="REGEX", help="cut the power (SIGKILL) when a line of the board's "
+                        "output matches, once, and boot again")
     return parser
 
 
@@ -319,7 +395,7 @@ def main(argv=None):
         if not deps_dir.is_dir():
             say("warning: %s missing (run tools/fetch_deps.py); umqtt.simple unavailable" % deps_dir)
         env = board_env(args, nvs_path, wifi_spec(args.wifi, settings), deps_dir)
-        return boot_loop(command, env, args.interp, args.max_boots, args.boot_timeout)
+        return boot_loop(command, env, args.interp, args.max_boots, args.boot_timeout, args.fault, args.cut_on)
     except SetupError as exc:
         say("error: %s" % exc)
         return EXIT_USAGE

@@ -49,6 +49,11 @@ Protco rlink v2 (section 3): signed registration over MQTT
   {"id", "ts", "code": "property_set", "data": {"properties": {"led": 1}}} on .../issue and
   counts the answers on .../issue_response ("commands_answered").
 
+Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
+remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window; the same
+again is refused with AuthFailure.SignatureFailure, Message "nonce already used within the timestamp
+window (replayed request)" (legacy API: code 1003). Older requests fail the window check anyway.
+
 All platforms: a device may register again (new credentials replace the old ones; Protco keeps
 the uuid) until its first successful MQTT login; afterwards registration is refused.
 
@@ -93,6 +98,10 @@ State directory (kept across restarts; delete it to start afresh):
                              "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
                              "commands_answered", ...}}}; every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
+                            The file is also the console: replaced while the emulator runs (e.g. by
+                            registry.forget_device(path, platform, key), "delete the device"), it is
+                            read again at the next access; a deleted device's logins are refused
+                            (CONNACK 5) and it may register again.
   ports.json                {"http", "https", "mqtt", "mqtts", "ca"}: written when ready, removed on exit
 
 For a real board on the LAN: --host 0.0.0.0 --cert-name <this PC's LAN IP>, and give the board

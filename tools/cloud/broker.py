@@ -80,6 +80,25 @@ class RoundTripPlugin(BasePlugin):
 PLUGINS = {f"{__name__}.{plugin.__name__}": {} for plugin in (AuthPlugin, TopicPlugin, RoundTripPlugin)}
 
 
+class _SnapshotDict(dict):
+    """amqtt 0.12 iterates its subscription table across awaits (_run_broadcast, retained messages);
+    a client subscribing or leaving meanwhile raised "dictionary changed size during iteration" and
+    lost that broadcast (seen when a connection drops mid-session, host_tests/test_faults.py).
+    Iterating a snapshot avoids it."""
+
+    def __iter__(self):
+        return iter(list(dict.keys(self)))
+
+    def items(self):
+        return list(dict.items(self))
+
+    def keys(self):
+        return list(dict.keys(self))
+
+    def values(self):
+        return list(dict.values(self))
+
+
 class CloudBroker(Broker):
     """amqtt Broker that lets the owning platform answer publishes ("$" topics included).
 
@@ -92,6 +111,7 @@ class CloudBroker(Broker):
         self.platforms = {p.name: p for p in platforms}
         self.probe_delay = probe_delay
         super().__init__(config)
+        self._subscriptions = _SnapshotDict(self._subscriptions)
 
     async def _handle_message_delivery(self, session, handler, wait_deliver):
         message = wait_deliver.result()

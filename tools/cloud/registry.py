@@ -125,25 +125,49 @@ class DeviceStore:
     """Device records shared by the HTTP threads and the broker; every change is written at once.
 
     Hold `lock` around a get .. put sequence that must not interleave with another one.
+    The file is the console: when something else replaces it while the emulator runs (e.g.
+    forget_device() below, "the device was deleted in the console"), the next access reads it again.
     """
 
     def __init__(self, path):
         self.path = path
         self.lock = threading.RLock()
         self._data = {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                self._data = json.load(f)
+        self._seen = None
+        self._refresh()
+
+    def _stamp(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _refresh(self):
+        """Re-read the file if it changed behind our back (an edit while the emulator runs)."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return
+        data = {}
+        if stamp is not None:
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                return  # half-written by an editor: keep what we have, try again next time
+        self._data, self._seen = data, stamp
 
     def get(self, platform, key):
         """A copy of the record, or None."""
         with self.lock:
+            self._refresh()
             record = self._data.get(platform, {}).get(key)
             return dict(record) if record is not None else None
 
     def find(self, platform, field, value):
         """(key, copy of the record) of the first record whose field equals value, or (None, None)."""
         with self.lock:
+            self._refresh()
             for key, record in self._data.get(platform, {}).items():
                 if record.get(field) == value:
                     return key, dict(record)
@@ -152,9 +176,25 @@ class DeviceStore:
     def put(self, platform, key, record):
         """Store the record and write the file (atomically: temp file + rename)."""
         with self.lock:
+            self._refresh()
             self._data.setdefault(platform, {})[key] = dict(record)
             tmp = self.path + ".tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self._data, f, indent=1, sort_keys=True)
             os.replace(tmp, self.path)
+            self._seen = self._stamp()
+
+
+def forget_device(path, platform, key):
+    """Delete a device record from a devices.json (running emulator or not), as the console's "delete
+    device" does: the device's credentials stop working and it may register again. True if it existed."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    found = data.get(platform, {}).pop(key, None) is not None
+    tmp = path + ".forget.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return found

@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import re
+import threading
 import time
 import uuid
 
@@ -49,6 +50,8 @@ EXPIRED = _err("AuthFailure.SignatureExpire", 1004, "timestamp out of the allowe
 DYNREG_OFF = _err("FailedOperation.DynamicRegisterDisabled", 1005,
                   "Not support dynamic device register, please check setting first")
 NOT_PRECREATED = _err("ResourceNotFound.DeviceNotExist", 1006, "Pre create mode: device not exists")
+REPLAYED = _err("AuthFailure.SignatureFailure", 1003,
+                "nonce already used within the timestamp window (replayed request)")
 ACTIVATED = _err("FailedOperation.DeviceAlreadyActivated", 1021, "device already activated")
 
 
@@ -90,6 +93,8 @@ class TencentPlatform(Platform):
         self.store = store
         self.pki = pki
         self.ts_window = ts_window
+        self._nonces = {}  # (api, pid, dn, nonce, timestamp) -> when it may be forgotten (time.time())
+        self._nonce_lock = threading.Lock()
 
     def http_routes(self):
         return {"/device/register": self._device_register, "/register/dev": self._register_dev}
@@ -116,6 +121,7 @@ class TencentPlatform(Platform):
             if not any(matches):
                 raise BAD_SIGNATURE()
             self._check_time(int(timestamp))
+            self._check_replay(("device", pid, dn, nonce, timestamp))
             plaintext, kind, count = self._issue(product, dn)
         except RegError as e:
             log(f"tencent {req.path} {shown(_key_of(req))} refused: {e.code}: {e.message}")
@@ -139,6 +145,7 @@ class TencentPlatform(Platform):
             if not same(legacy_signature(product.secret, dn, nonce, pid, timestamp), given):
                 raise BAD_SIGNATURE()
             self._check_time(int(timestamp))
+            self._check_replay(("legacy", pid, dn, nonce, timestamp))
             plaintext, kind, count = self._issue(product, dn)
         except RegError as e:
             log(f"tencent {req.path} {shown(_key_of(req))} refused: {e.legacy_code}: {e.message}")
@@ -177,6 +184,20 @@ class TencentPlatform(Platform):
     def _check_time(self, timestamp):
         if self.ts_window and abs(time.time() - timestamp) > self.ts_window:
             raise EXPIRED()
+
+    def _check_replay(self, key):
+        """Refuse a signed request seen before: the same nonce and timestamp for the same device and
+        product, within the timestamp window (a request older than the window is refused as expired
+        anyway, so only the window needs remembering). Called after the signature check, so forged
+        requests cannot use up nonces."""
+        now = time.time()
+        keep = self.ts_window or 600
+        with self._nonce_lock:
+            if len(self._nonces) > 1000:
+                self._nonces = {k: t for k, t in self._nonces.items() if t > now}
+            if self._nonces.get(key, 0) > now:
+                raise REPLAYED()
+            self._nonces[key] = now + 2 * keep  # |now - ts| <= window: the same (nonce, ts) is valid 2 windows
 
     def _issue(self, product, dn):
         """Apply the console rules, then issue new credentials. Returns (plaintext, kind, count)."""

@@ -25,13 +25,16 @@ Semantics follow ports/esp32/esp32_nvs.c over ESP-IDF's nvs_* API:
 Environment: DYNREG_SIM_NVS names the partition image file; its size is the
 partition's size. A missing file is an erased partition of DYNREG_SIM_NVS_SIZE
 bytes (default 0x6000, MicroPython's default partition table), created on the
-first commit(). Unset means a board whose flash is never written (nothing
+first commit(). DYNREG_SIM_FAULT (simfault.py) injects power cuts: "nvs_write:N" makes
+every set_*/erase_key durable at once (ESP-IDF's own behaviour) and cuts the power at
+the N-th set_*; "nvs_commit:N" cuts it right after the N-th commit(). Unset means a board whose flash is never written (nothing
 survives the process). An image whose pages are of a newer format than v2 is
 erased, as MicroPython's startup does on ESP_ERR_NVS_NEW_VERSION_FOUND.
 """
 import os
 
 import nvsformat
+import simfault
 
 _NOT_FOUND = -4354
 _KEY_TOO_LONG = nvsformat.KEY_TOO_LONG
@@ -145,7 +148,20 @@ class NVS:
         # ESP-IDF appends the new item and erases the old one
         trial = [pair for pair in pairs if pair[0] != key] + [[key, item]]
         nvsformat.check([(ns, trial if ns == self._ns else p) for ns, p in _live], _size)  # raises when full
+        self._power_cut_at_write()
         pairs[:] = trial
+        self._durable_now()
+
+    def _power_cut_at_write(self):
+        """Fault nvs_write:N: count this set_*; at the N-th the power goes before it reaches flash."""
+        f = simfault.get("nvs_write")
+        if f is not None and simfault.count("nvs_write") == int(f[0]):
+            simfault.power_cut()
+
+    def _durable_now(self):
+        """Under an nvs_write fault every write reaches flash at once, as nvs_set_* does on ESP-IDF."""
+        if simfault.get("nvs_write") is not None:
+            self._store()
 
     def set_i32(self, key, value):
         """Store a signed 32-bit integer under key (durable after commit())."""
@@ -182,9 +198,16 @@ class NVS:
         if i < 0:
             raise _error(_NOT_FOUND)
         del pairs[i]
+        self._durable_now()
 
     def commit(self):
         """Write this namespace's current contents to the partition image."""
+        self._store()
+        f = simfault.get("nvs_commit")
+        if f is not None and simfault.count("nvs_commit") == int(f[0]):
+            simfault.power_cut()
+
+    def _store(self):
         content = _copy(_committed)
         pairs = [list(pair) for pair in self._pairs()]
         i = _find(content, self._ns)

@@ -5,11 +5,14 @@ given by the environment variable DYNREG_SIM_WIFI = "ssid\\npassword"
 (unset or empty: no access point). The host's own network stands in for the
 Wi-Fi link: sockets work whatever the simulated link state (the firmware is
 expected to wait for isconnected() first, as on the board).
+DYNREG_SIM_FAULT (simfault.py) "wifi:fail[:K]" hides the access point, "wifi:timeout[:K]"
+leaves the association connecting for ever, for the first K connect() calls of the boot.
 """
 import os
 import time
 
 import machine
+import simfault
 
 STA_IF = 0
 AP_IF = 1
@@ -82,7 +85,10 @@ class WLAN:
             raise OSError("Wifi Not Started")
         ssid = _text(ssid)
         ap = _access_point()
-        if ap is None or ap[0] != ssid:
+        fault = simfault.active("wifi")
+        if fault == "timeout":
+            result = STAT_CONNECTING  # the association never completes
+        elif fault == "fail" or ap is None or ap[0] != ssid:
             result = STAT_NO_AP_FOUND
         elif ap[1] != (_text(key) or ""):
             result = STAT_WRONG_PASSWORD

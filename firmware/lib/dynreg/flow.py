@@ -40,7 +40,7 @@ def _platform(st):
 def _attempt(st, plat, name):
     ssid = st.text("wifi_ssid")
     if ssid:
-        net.wifi_connect(ssid, st.text("wifi_pass", ""))
+        net.wifi_connect(ssid, st.text("wifi_pass", ""), st.int("wifi_timeout_ms", 20000))
     net.set_clock()
     if not plat.registered(st):
         log("no device secret in NVS: registering %s device %r" % (st.text("platform"), name))
