@@ -66,10 +66,12 @@ def cloud(tmp_path_factory):
     reg_path = state / "registry.json"
     reg_path.write_text(json.dumps(registry))
     proc, ports = start_emulator(state, registry=reg_path)
-    yield Cloud(state, ports, registry)
+    cloud = Cloud(state, ports, registry)
+    yield cloud
     stop_emulator(proc)
-    log = (state / "cloud.log").read_text(errors="replace")
+    log = cloud.log()
     assert "Traceback" not in log, log[log.find("Traceback") - 300:][:3000]
+    assert not [secret for secret in cloud.secrets() if secret in log], "a secret reached the emulator's log"
 
 
 @pytest.fixture(params=INTERPS)
