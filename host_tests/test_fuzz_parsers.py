@@ -114,8 +114,9 @@ class Store:
     def int(self, key, default=None):
         return self.values.get(key + "#", default)
 
-    def need(self, key):
-        return self.values[key]
+    def need(self, key):  # text, as dynreg.store.Store.need
+        v = self.values[key]
+        return v.decode() if isinstance(v, bytes) else v
 
 
 class Client:

@@ -60,13 +60,15 @@ def test_ucloud_retcodes(cloud, board, interp, pid, expect):
         assert run.rc == 0, run
 
 
-def test_ucloud_reply_never_comes(cloud, board, interp):
-    run = board(mqtt_settings(cloud, "ucloud", "simucloudmute001", name(interp, "uc-mute")))
+@pytest.mark.parametrize("platform, pid", [("ucloud", "simucloudmute001"), ("protco", "simprotcomute1")])
+def test_reply_never_comes(cloud, board, interp, platform, pid):
+    run = board(mqtt_settings(cloud, platform, pid, name(interp, platform[:2] + "-mute")))
     assert run.rc == 1 and "no registration reply within 5000 ms" in run.out, run
 
 
-def test_ucloud_reply_for_another_request_is_ignored(cloud, board, interp):
-    run = board(mqtt_settings(cloud, "ucloud", "simucloudother01", name(interp, "uc-other")))
+@pytest.mark.parametrize("platform, pid", [("ucloud", "simucloudother01"), ("protco", "simprotcoother")])
+def test_reply_for_another_request_is_ignored(cloud, board, interp, platform, pid):
+    run = board(mqtt_settings(cloud, platform, pid, name(interp, platform[:2] + "-other")))
     assert run.rc == 0 and "ignoring a reply for another request" in run.out, run
 
 
@@ -114,10 +116,3 @@ def test_protco_already_activated(cloud, board, interp):
 def test_protco_unknown_res(cloud, board, interp):
     run = board(mqtt_settings(cloud, "protco", "simprotcores01", name(interp, "pc-res")))
     assert run.rc == 1 and "registration refused: res 4242" in run.out, run
-
-
-def test_protco_reply_never_comes_and_other_id(cloud, board, interp):
-    run = board(mqtt_settings(cloud, "protco", "simprotcomute1", name(interp, "pc-mute")))
-    assert run.rc == 1 and "no registration reply within 5000 ms" in run.out, run
-    run = board(mqtt_settings(cloud, "protco", "simprotcoother", name(interp, "pc-other")))
-    assert run.rc == 0 and "ignoring a reply for another request" in run.out, run

@@ -45,9 +45,7 @@ def register(st, name):
     pid = st.need("prod_id")
     if "_" in name:
         raise ConfigError("Protco's unique id %r must not contain '_'" % name)
-    secret = st.get("prod_secret")
-    if not secret:
-        raise ConfigError("NVS key 'prod_secret' is missing")
+    secret = st.need("prod_secret").encode()
     data = {}
     for key, field in (("barcode", "barcode"), ("replace_pid", "replacePid"), ("replace_sec", "secret")):
         value = st.text(key)

@@ -109,9 +109,7 @@ def register(st, name):
     """Register device `name` over HTTP(S); return the (key, value) pairs to store in NVS."""
     pid = _check_id("product id", st.need("prod_id"))
     _check_id("device name", name)
-    secret = st.get("prod_secret")
-    if not secret:
-        raise ConfigError("NVS key 'prod_secret' is missing")
+    secret = st.need("prod_secret").encode()
     tls = st.int("tls", 1)
     host = st.text("reg_host", REG_HOST)
     port = st.int("reg_port", 443 if tls else 80)

@@ -29,9 +29,7 @@ def register(st, name):
     """Fetch the device secret over /$system/<ProductSN>/<DeviceSN>/password; return NVS items."""
     psn = st.need("prod_id")
     _check_sn(name)
-    secret = st.get("prod_secret")
-    if not secret:
-        raise ConfigError("NVS key 'prod_secret' is missing")
+    secret = st.need("prod_secret").encode()
     host, port, tls = _endpoint(st)
     log("ucloud: registering over mqtt%s://%s:%d" % ("s" if tls else "", host, port))
     s = net.mqtt_open("%s.%s" % (psn, name), host, port, "%s|%s|2" % (psn, name), secret, tls, st.get("ca"),
