@@ -2,7 +2,7 @@
 
 import time
 
-from dynreg import log, net
+from dynreg import log, mqtt
 
 
 class Device:
@@ -48,14 +48,14 @@ class Device:
                 time.sleep_ms(20)
             elif op & 0xF0 != 0x30:
                 # umqtt.simple hands back other packets after their first byte (SUBACK of subscribe())
-                op, body = net.mqtt_read(self.client.sock, 64, op)
+                op, body = mqtt.read(self.client.sock, 64, op)
                 if op == 0x90 and b"\x80" in body[2:]:
                     log("the broker refused a subscription")
 
     def subscribe(self, topics):
         """Subscribe to all `topics` (QoS 0) in one packet, without waiting: poll() takes the SUBACK."""
         self.client.pid += 1
-        self.client.sock.write(net.mqtt_subscribe(self.client.pid, topics))
+        self.client.sock.write(mqtt.subscribe(self.client.pid, topics))
 
     def next_id(self):
         """A fresh message id for this boot."""

@@ -7,8 +7,7 @@ import time
 import machine
 
 from dynreg import ConfigError, DynregError, log, net
-from dynreg.device import Device
-from dynreg.store import Store
+from dynreg.store import Store, is_null
 
 PLATFORMS = ("tencent", "ucloud", "protco")
 
@@ -30,28 +29,26 @@ def backoff_ms(attempt, base_ms, cap_ms):
     return d // 2 + random.getrandbits(20) % (d // 2 + 1)
 
 
-def _platform(st):
-    name = st.text("platform")
-    if name not in PLATFORMS:
-        raise ConfigError("NVS key 'platform' is %r; expected one of %s" % (name, ", ".join(PLATFORMS)))
-    return __import__("dynreg." + name, None, None, ["register"])
-
-
-def _attempt(st, plat, name):
+def _attempt(st, plat, name, ctx):
     ssid = st.text("wifi_ssid")
     if ssid:
         net.wifi_connect(ssid, st.text("wifi_pass", ""), st.int("wifi_timeout_ms", 20000))
     net.set_clock()
-    if not plat.registered(st):
-        log("no device secret in NVS: registering %s device %r" % (st.text("platform"), name))
-        items = plat.register(st, name)  # (key, value) pairs, the one registered() checks last
+    # Registered means a device secret (or a client certificate) in NVS: registration stores it last.
+    if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
+        log("no device secret in NVS: registering %s device %r" % (plat, name))
+        # Only this boot imports the registration module, only the login boot the platform's login module.
+        items = __import__("dynreg.%s_reg" % plat, None, None, ["register"]).register(st, name, ctx)  # secret last
         gc.collect()
         for key, value in items:
             st.set(key, value)
         st.commit()
         log("registered: stored %s in NVS; resetting" % ", ".join(k for k, _ in items))
         machine.reset()
-    dev = Device(plat, *plat.login(st, name))
+    from dynreg.device import Device
+
+    plat = __import__("dynreg." + plat, None, None, ["login"])
+    dev = Device(plat, *plat.login(st, name, ctx))
     log("mqtt: logged in")
     if st.int("forget_prod", 0) and st.get("prod_secret"):
         # The device secret works; a board captured later must not reveal the whole product line's secret.
@@ -66,8 +63,13 @@ def _attempt(st, plat, name):
 def run():
     """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
     st = Store()
-    plat = _platform(st)
+    plat = st.text("platform")
+    if plat not in PLATFORMS:
+        raise ConfigError("NVS key 'platform' is %r; expected one of %s" % (plat, ", ".join(PLATFORMS)))
     name = device_name(st)
+    # Made first, while the heap is still in one piece: the context is a single block of about 3 KB.
+    # A client certificate in NVS (Tencent certificate products, after registration) goes into it.
+    ctx = net.tls_context(st.get("ca"), st.get("dev_cert"), st.get("dev_key")) if st.int("tls", 1) else None
     base, cap = st.int("retry_ms", 2000), st.int("retry_max_ms", 300000)
     max_tries = st.int("max_tries", 0)
     # A fleet that loses power together must not hit the cloud in the same second when it returns.
@@ -80,7 +82,7 @@ def run():
     while True:
         attempt += 1
         try:
-            return _attempt(st, plat, name)
+            return _attempt(st, plat, name, ctx)
         except ConfigError:
             raise
         except Exception as e:  # noqa: a field device must survive any failure and try again

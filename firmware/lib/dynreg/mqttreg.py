@@ -1,21 +1,23 @@
 """Registration over MQTT, shared by UCloud and Protco: a request/reply exchange in two round trips.
 
-Round trip 1 is CONNECT/CONNACK (net.mqtt_open). Round trip 2 sends SUBSCRIBE and PUBLISH in one
+Round trip 1 is CONNECT/CONNACK (mqtt.login). Round trip 2 sends SUBSCRIBE and PUBLISH in one
 write (a broker handles one connection's packets in order, so the subscription exists before the
-request is processed) and reads, bounded in time and size, until the reply that matches the
-request id arrives; other messages are ignored. The registration boot never imports umqtt.simple.
+request is processed) and reads, bounded in time and size, until the reply that carries the
+request's id arrives; other messages are ignored. The registration boot never imports umqtt.simple.
 """
 
+import binascii
 import json
+import os
 import time
 
-from dynreg import DynregError, log, net
+from dynreg import DynregError, log, mqtt
 
 MAX_PACKET = 1024  # bytes of one MQTT packet the device accepts during registration
 
 
-def _reply(kind, body, topic):
-    # The JSON payload of a PUBLISH on `topic`, or None for anything else.
+def reply(kind, body, topic):
+    """The JSON object in a PUBLISH on `topic` (bytes), or None for any other packet or payload."""
     if kind & 0xF0 != 0x30 or len(body) < 2:
         return None
     n = body[0] << 8 | body[1]
@@ -23,35 +25,38 @@ def _reply(kind, body, topic):
         log("ignoring a message on another topic")
         return None
     try:
-        reply = json.loads(body[2 + n + (2 if kind & 6 else 0):])
+        r = json.loads(body[2 + n + (2 if kind & 6 else 0):])
     except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
-        log("ignoring a reply that is not JSON")
+        r = None
+    if not isinstance(r, dict):
+        log("ignoring a reply that is not a JSON object")
         return None
-    return reply if isinstance(reply, dict) else None
+    return r
 
 
-def exchange(s, reply_topic, request_topic, request, match, timeout_ms=5000):
-    """On the logged-in stream `s`: subscribe to `reply_topic`, publish `request`, and return the first
-    JSON reply for which match(reply) is true. Raises DynregError after timeout_ms; closes `s`."""
+def exchange(s, topic, reply_topic, id_key, request, timeout_ms=5000):
+    """On the logged-in stream `s`: subscribe to `reply_topic`, publish the dict `request` on `topic`
+    with a fresh random id under `id_key`, and return the first reply carrying that id.
+    Raises DynregError after timeout_ms; closes `s` either way."""
+    rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
     want = reply_topic.encode()
     try:
         # One write for both: separate small writes would wait for TCP ACKs (Nagle), costing round trips.
-        s.write(net.mqtt_subscribe(1, (reply_topic,))
-                + net.mqtt_packet(0x30, net.mqtt_string(request_topic) + request.encode()))
+        s.write(mqtt.subscribe(1, (reply_topic,)) + mqtt.packet(0x30, mqtt.string(topic) + json.dumps(request)))
+        request = None
         t0 = time.ticks_ms()
         while time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
             try:
-                kind, body = net.mqtt_read(s, MAX_PACKET)
+                kind, body = mqtt.read(s, MAX_PACKET)
             except OSError:  # the socket's own timeout
                 break
             if kind == 0x90 and body[-1:] == b"\x80":
                 raise DynregError("the broker refused the subscription to %s" % reply_topic)
-            reply = _reply(kind, body, want)
-            if reply is None:
-                continue
-            if match(reply):
-                return reply
-            log("ignoring a reply for another request")
+            r = reply(kind, body, want)
+            if r is not None:
+                if r.get(id_key) == rid:
+                    return r
+                log("ignoring a reply for another request")
         raise DynregError("no registration reply within %d ms" % timeout_ms)
     finally:
         try:

@@ -1,0 +1,139 @@
+"""Tencent IoT Explorer registration over HTTP(S): /device/register and legacy /register/dev (PROTOCOLS.md §1).
+
+Imported by the registration boot only; tencent.py has the login.
+"""
+
+import binascii
+import hashlib
+import json
+import random
+
+from dynreg import ConfigError, DynregError, crypto, http, log, net
+
+REG_HOST = "ap-guangzhou.gateway.tencentdevices.com"
+
+
+def _b64(data):
+    return binascii.b2a_base64(data)[:-1].decode()
+
+
+def sign_request(secret, host, path, method, ts, nonce, body):
+    """X-TC-Signature of a /device/register request (§1.1): base64(HMAC(secret, StringToSign))."""
+    name = crypto.hash_name(method)
+    sts = "POST\n%s\n%s\n\n%s\n%d\n%d\n%s" % (
+        host, path, method, ts, nonce, crypto.hexstr(getattr(hashlib, name)(body).digest()))
+    return _b64(crypto.hmac(name, secret, sts))
+
+
+def sign_legacy(secret, name, nonce, pid, ts):
+    """Signature of a legacy /register/dev request (§1.2): base64 of the hex HMAC-SHA1 text."""
+    src = "deviceName=%s&nonce=%d&productId=%s&timestamp=%d" % (name, nonce, pid, ts)
+    return _b64(crypto.hexstr(crypto.hmac("sha1", secret, src)).encode())
+
+
+def pem_to_der(pem):
+    """Return the DER bytes inside the first PEM block of `pem` (bytes or str).
+
+    MicroPython's TLS takes certificates and keys as DER only, and DER is smaller in NVS.
+    """
+    if isinstance(pem, str):
+        pem = pem.encode()
+    start = pem.find(b"-----BEGIN")
+    body = pem.find(b"\n", start) + 1
+    end = pem.find(b"-----END", body)
+    if start < 0 or body <= 0 or end < 0:
+        raise DynregError("not a PEM block")
+    return crypto.b64decode(pem[body:end].replace(b"\r", b"").replace(b"\n", b""), "PEM body")
+
+
+def decrypt_payload(payload, length, secret):
+    """Decrypt a registration Payload (base64, AES-128-CBC, zero padding, trimmed to Len) into a dict."""
+    import cryptolib
+
+    if not isinstance(payload, str) or not isinstance(length, int) or length <= 0:
+        raise DynregError("tencent: reply lacks a Payload string and a positive Len")
+    data = crypto.b64decode(payload, "tencent: Payload")
+    if length > len(data):
+        raise DynregError("tencent: Len %d exceeds the %d-byte payload" % (length, len(data)))
+    if len(data) % 16:
+        raise DynregError("tencent: ciphertext of %d bytes is not a multiple of 16" % len(data))
+    plain = cryptolib.aes(secret[:16], 2, b"0000000000000000").decrypt(data)  # CBC, IV sixteen "0"
+    data = None
+    # The padding is zero bytes; anything else means a payload for another key.
+    if plain[length:].strip(b"\0"):
+        raise DynregError("tencent: payload padding is not zeros (wrong product secret?)")
+    try:
+        info = json.loads(plain[:length])
+    except (ValueError, RuntimeError):
+        info = None
+    if not isinstance(info, dict):
+        raise DynregError("tencent: decrypted payload is not a JSON object (wrong product secret?)")
+    return info
+
+
+def credentials(info):
+    """NVS items to store from a decrypted payload: the psk, or the client key and certificate as DER."""
+    kind = info.get("encryptionType")
+    if kind == 2:
+        psk = info.get("psk")
+        if not isinstance(psk, str) or len(crypto.b64decode(psk, "tencent: psk")) < 16:
+            raise DynregError("tencent: payload holds no usable psk")
+        return [("dev_secret", psk.encode())]
+    if kind == 1:
+        cert, key = info.get("clientCert"), info.get("clientKey")
+        if not isinstance(cert, str) or not isinstance(key, str):
+            raise DynregError("tencent: payload lacks clientCert/clientKey")
+        return [("dev_key", pem_to_der(key)), ("dev_cert", pem_to_der(cert))]
+    raise DynregError("tencent: unknown encryptionType %r" % (kind,))
+
+
+def parse_reply(body, secret):
+    """The decrypted payload of a registration reply (current or legacy form); DynregError otherwise."""
+    try:
+        reply = json.loads(body)
+    except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
+        raise DynregError("tencent: reply is not JSON")
+    if not isinstance(reply, dict):
+        raise DynregError("tencent: reply is not a JSON object")
+    r = reply.get("Response")
+    if isinstance(r, dict):  # current protocol
+        err = r.get("Error")
+        if isinstance(err, dict):
+            raise DynregError("tencent: registration refused: %s: %s" % (err.get("Code"), err.get("Message")))
+        return decrypt_payload(r.get("Payload"), r.get("Len"), secret)
+    code = reply.get("code")  # legacy protocol
+    if code is None:
+        raise DynregError("tencent: reply has neither Response nor code")
+    if code != 0:
+        raise DynregError("tencent: registration refused: code %s: %s" % (code, reply.get("message")))
+    return decrypt_payload(reply.get("payload"), reply.get("len"), secret)
+
+
+def register(st, name, ctx):
+    """Register device `name` over HTTP(S); return the (key, value) pairs to store in NVS."""
+    pid = st.need("prod_id")
+    for what, v in (("product id", pid), ("device name", name)):
+        for ch in v:  # ids are spliced into JSON and topics
+            if not ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in "-_:.@"):
+                raise ConfigError("%s %r has a character outside [A-Za-z0-9-_:.@]" % (what, v))
+    secret = st.need("prod_secret").encode()
+    host = st.text("reg_host", REG_HOST)
+    port = st.int("reg_port", 80 if ctx is None else 443)
+    ts = net.unix_time()
+    nonce = random.getrandbits(31)
+    headers = [("Content-Type", "application/json; charset=utf-8")]
+    if st.text("reg_api", "device") == "legacy":
+        path = "/register/dev"
+        body = '{"deviceName":"%s","nonce":%d,"productId":"%s","timestamp":%d,"signature":"%s"}' % (
+            name, nonce, pid, ts, sign_legacy(secret, name, nonce, pid, ts))
+    else:
+        path = "/device/register"
+        method = st.text("sign_method", "hmacsha256").lower()
+        body = '{"ProductId":"%s","DeviceName":"%s"}' % (pid, name)
+        headers += [("X-TC-Algorithm", method), ("X-TC-Timestamp", ts), ("X-TC-Nonce", nonce),
+                    ("X-TC-Signature", sign_request(secret, host, path, method, ts, nonce, body.encode()))]
+    log("tencent: POST http%s://%s:%d%s" % ("" if ctx is None else "s", host, port, path))
+    status, reply = http.post(host, port, path, headers, body.encode(), ctx)
+    if status != 200:
+        raise DynregError("tencent: HTTP status %d" % status)
+    return credentials(parse_reply(reply, secret))
