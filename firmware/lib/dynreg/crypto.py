@@ -31,6 +31,11 @@ def hmac(name, key, msg):
     return outer.digest()
 
 
+def hmac_hex(method, key, msg):
+    """Lowercase hex HMAC with a platform's method name ("hmacsha256"/"hmacSha1"/...): its login passwords."""
+    return hexstr(hmac(hash_name(method), key, msg))
+
+
 def hexstr(data):
     """Lowercase hex text of bytes."""
     return binascii.hexlify(data).decode()

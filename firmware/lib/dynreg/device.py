@@ -57,11 +57,6 @@ class Device:
         self.client.pid += 1
         self.client.sock.write(mqtt.subscribe(self.client.pid, topics))
 
-    def next_id(self):
-        """A fresh message id for this boot."""
-        self.seq += 1
-        return self.seq
-
     def publish(self, topic, msg):
         """Publish `msg` (bytes or str) at QoS 0."""
         self.client.publish(topic, msg)

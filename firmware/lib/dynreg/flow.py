@@ -9,19 +9,6 @@ import machine
 from dynreg import ConfigError, DynregError, log, net
 from dynreg.store import Store, is_null
 
-PLATFORMS = ("tencent", "ucloud", "protco")
-
-
-def device_name(st):
-    """The device name from NVS, or the lowercase hex of the Wi-Fi MAC when none is set."""
-    name = st.text("dev_name")
-    if name:
-        return name
-    import binascii
-    import network
-
-    return binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
-
 
 def backoff_ms(attempt, base_ms, cap_ms):
     """Capped exponential back-off with jitter: a random wait in [d/2, d], d = min(cap, base * 2^(attempt-1))."""
@@ -37,8 +24,8 @@ def _attempt(st, plat, name, ctx):
     # Registered means a device secret (or a client certificate) in NVS: registration stores it last.
     if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
         log("no device secret in NVS: registering %s device %r" % (plat, name))
-        # Only this boot imports the registration module, only the login boot the platform's login module.
-        items = __import__("dynreg.%s_reg" % plat, None, None, ["register"]).register(st, name, ctx)  # secret last
+        # Only this boot imports the registration module, and only the login boot the login module.
+        items = __import__("dynreg.%s_reg" % plat, None, None, ["register"]).register(st, name, ctx)
         gc.collect()
         for key, value in items:
             st.set(key, value)
@@ -54,7 +41,7 @@ def _attempt(st, plat, name, ctx):
         # The device secret works; a board captured later must not reveal the whole product line's secret.
         st.erase("prod_secret")
         st.commit()
-        log("product secret erased from NVS (forget_prod=1): this device can no longer re-register")
+        log("product secret erased from NVS (forget_prod=1)")
     dev.subscribe(plat.subscriptions(dev))
     plat.after_login(dev)
     return dev
@@ -64,20 +51,24 @@ def run():
     """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
     st = Store()
     plat = st.text("platform")
-    if plat not in PLATFORMS:
-        raise ConfigError("NVS key 'platform' is %r; expected one of %s" % (plat, ", ".join(PLATFORMS)))
-    name = device_name(st)
-    # Made first, while the heap is still in one piece: the context is a single block of about 3 KB.
-    # A client certificate in NVS (Tencent certificate products, after registration) goes into it.
+    if plat not in ("tencent", "ucloud", "protco"):
+        raise ConfigError("NVS key 'platform' is %r, not tencent, ucloud or protco" % plat)
+    name = st.text("dev_name")
+    if not name:  # the Wi-Fi MAC in lowercase hex
+        import binascii
+        import network
+
+        name = binascii.hexlify(network.WLAN(network.STA_IF).config("mac")).decode()
+    # Made first, while the heap is still in one piece: the context is one block of about 3 KB. A client
+    # certificate in NVS (Tencent certificate products, once registered) goes into it.
     ctx = net.tls_context(st.get("ca"), st.get("dev_cert"), st.get("dev_key")) if st.int("tls", 1) else None
-    base, cap = st.int("retry_ms", 2000), st.int("retry_max_ms", 300000)
-    max_tries = st.int("max_tries", 0)
     # A fleet that loses power together must not hit the cloud in the same second when it returns.
-    jitter = st.int("jitter_ms", 0)
-    if jitter:
-        wait = random.getrandbits(24) % (jitter + 1)
+    wait = st.int("jitter_ms", 0)
+    if wait:
+        wait = random.getrandbits(24) % (wait + 1)
         log("start-up jitter: waiting %d ms" % wait)
         time.sleep_ms(wait)
+    tries = st.int("max_tries", 0)
     attempt = 0
     while True:
         attempt += 1
@@ -88,8 +79,8 @@ def run():
         except Exception as e:  # noqa: a field device must survive any failure and try again
             why = "%s: %s" % (type(e).__name__, e)
         gc.collect()
-        if max_tries and attempt >= max_tries:
+        if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
-        wait = backoff_ms(attempt, base, cap)
+        wait = backoff_ms(attempt, st.int("retry_ms", 2000), st.int("retry_max_ms", 300000))
         log("attempt %d failed (%s); retrying in %d ms" % (attempt, why, wait))
         time.sleep_ms(wait)

@@ -51,16 +51,16 @@ def read(s, limit, first=None):
     while True:
         b = s.read(1)
         if not b or shift > 21:  # a remaining length has at most four bytes
-            raise DynregError("mqtt: malformed packet from the broker")
+            raise DynregError("mqtt: malformed packet")
         n |= (b[0] & 0x7F) << shift
         if not b[0] & 0x80:
             break
         shift += 7
     if n > limit:
-        raise DynregError("mqtt: a %d-byte packet from the broker exceeds the %d-byte limit" % (n, limit))
+        raise DynregError("mqtt: %d-byte packet exceeds the %d-byte limit" % (n, limit))
     body = s.read(n) if n else b""
     if len(body) != n:
-        raise DynregError("mqtt: packet from the broker cut short")
+        raise DynregError("mqtt: packet cut short")
     return first, body
 
 

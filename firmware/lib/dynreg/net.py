@@ -31,7 +31,7 @@ def wifi_connect(ssid, password, timeout_ms=20000):
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
     if wlan.isconnected():
-        return wlan
+        return
     wlan.connect(ssid, password)
     t0 = time.ticks_ms()
     while not wlan.isconnected():
@@ -45,7 +45,6 @@ def wifi_connect(ssid, password, timeout_ms=20000):
             raise DynregError("wifi: no connection to %r after %d ms" % (ssid, timeout_ms))
         time.sleep_ms(100)
     log("wifi: joined %r" % ssid)
-    return wlan
 
 
 def set_clock():
@@ -70,9 +69,12 @@ def tls_context(ca, cert=None, key=None):
         raise ConfigError("TLS needs the CA certificate in NVS key 'ca' (or set tls=0 for plain TCP)")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=ca)
-    if cert:
-        ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_verify_locations(cadata=ca)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+    except (ValueError, OSError) as e:
+        raise ConfigError("TLS: the CA (NVS 'ca') or client certificate/key is not valid DER (%s)" % e)
     return ctx
 
 
@@ -83,9 +85,10 @@ def open_socket(host, port, ctx=None, timeout=10):
     try:
         s.settimeout(timeout)
         try:
-            # umqtt.simple and mbedTLS write small pieces; with Nagle each waits for the peer's ACK.
-            s.setsockopt(getattr(socket, "IPPROTO_TCP", 6), getattr(socket, "TCP_NODELAY", 1), 1)
-        except (OSError, TypeError, ValueError):
+            # IPPROTO_TCP, TCP_NODELAY (the same numbers in lwIP and Linux; the unix port lacks the names):
+            # umqtt.simple and mbedTLS write small pieces, and with Nagle each waits for the peer's ACK.
+            s.setsockopt(6, 1, 1)
+        except OSError:
             pass  # a stack without the option still works, only slower
         s.connect(addr)
         if ctx:

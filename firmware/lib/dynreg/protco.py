@@ -8,27 +8,18 @@ import json
 from dynreg import crypto, log, mqtt, net
 
 
-HOST = "mqtt.protco.in"  # the broker; NVS mqtt_host overrides it
-
-
-def sign(key, who, ts, method="hmacSha256"):
-    """Password: lowercase hex HMAC(key as ASCII, "uuid=<who>,ts=<ts>") with hmacSha256 or hmacSha1."""
-    return crypto.hexstr(crypto.hmac(crypto.hash_name(method), key, "uuid=%s,ts=%d" % (who, ts)))
-
-
-def credentials(st, who, key):
-    """Username "<who>|signMethod=..,ts=.." and password of both logins (registration and device)."""
-    method = st.text("sign_method", "hmacSha256")
-    ts = net.unix_time()
-    return "%s|signMethod=%s,ts=%d" % (who, method, ts), sign(key, who, ts, method)
-
-
 def login(st, name, ctx):
-    """Log in as rlink_<uuid>_V2 signed with the device secret; return (umqtt client, pid, uuid)."""
+    """Log in as rlink_<uuid>_V2 signed with the device secret; return (umqtt client, pid, uuid).
+
+    Username "<uuid>|signMethod=<m>,ts=<ts>"; password the hex HMAC(secret, "uuid=<uuid>,ts=<ts>"), as the
+    registration login (protco_reg.py) with the product id and secret.
+    """
     uuid = st.need("dev_uuid")
     pid = st.text("dev_pid") or st.need("prod_id")
-    user, password = credentials(st, uuid, st.get("dev_secret"))
-    return mqtt.connect(st, ctx, HOST, "rlink_%s_V2" % uuid, user, password), pid, uuid
+    method, ts = st.text("sign_method", "hmacSha256"), net.unix_time()
+    password = crypto.hmac_hex(method, st.get("dev_secret"), "uuid=%s,ts=%d" % (uuid, ts))
+    user = "%s|signMethod=%s,ts=%d" % (uuid, method, ts)
+    return mqtt.connect(st, ctx, "mqtt.protco.in", "rlink_%s_V2" % uuid, user, password), pid, uuid
 
 
 def _topic(dev, kind):
@@ -46,7 +37,8 @@ def after_login(dev):
 
 def report(dev, props):
     """Publish a property_report on rlink/v2/<pid>/<uuid>/report."""
-    msg = {"id": str(dev.next_id()), "ts": net.unix_time(), "code": "property_report",
+    dev.seq += 1
+    msg = {"id": str(dev.seq), "ts": net.unix_time(), "code": "property_report",
            "data": {"properties": props}, "ack": 0}
     dev.publish(_topic(dev, "report"), json.dumps(msg))
 

@@ -3,8 +3,7 @@
 Imported by the registration boot only; protco.py has the login.
 """
 
-from dynreg import ConfigError, DynregError, mqtt, mqttreg, net
-from dynreg.protco import HOST, credentials
+from dynreg import ConfigError, DynregError, crypto, mqtt, mqttreg, net
 
 # Reply `res` codes (seed 003 / protco_docs).
 ERRORS = {
@@ -31,8 +30,11 @@ def register(st, name, ctx):
             data[field] = value
     if "replacePid" in data and "secret" not in data:
         raise ConfigError("NVS key 'replace_sec' is needed with 'replace_pid'")
-    user, password = credentials(st, pid, secret)
-    s = mqtt.login(st, ctx, HOST, "register_%s_%s" % (pid, name), user, password, timeout=5)[0]
+    # Signed as the device login (protco.py), with the product id and secret.
+    method, ts = st.text("sign_method", "hmacSha256"), net.unix_time()
+    password = crypto.hmac_hex(method, secret, "uuid=%s,ts=%d" % (pid, ts))
+    user = "%s|signMethod=%s,ts=%d" % (pid, method, ts)
+    s = mqtt.login(st, ctx, "mqtt.protco.in", "register_%s_%s" % (pid, name), user, password, timeout=5)[0]
     secret = password = None
     topic = "register/v2/%s/%s/register" % (pid, name)
     reply = mqttreg.exchange(s, topic, topic + "_response", "id",

@@ -13,7 +13,7 @@ from dynreg import ConfigError, crypto, log, mqtt, net
 def mqtt_password(psk, username, method="hmacsha256"):
     """MQTT password for a PSK device (§1.4): hex HMAC(base64-decoded psk, username) + ";" + method."""
     key = crypto.b64decode(psk, "stored device secret")
-    return crypto.hexstr(crypto.hmac(crypto.hash_name(method), key, username)) + ";" + method.lower()
+    return crypto.hmac_hex(method, key, username) + ";" + method.lower()
 
 
 def login(st, name, ctx):
@@ -58,7 +58,8 @@ def after_login(dev):
 
 def report(dev, props):
     """Publish a property report to the data-template topic $thing/up/property/<pid>/<name>."""
-    msg = json.dumps({"method": "report", "clientToken": "dr-%d" % dev.next_id(), "params": props})
+    dev.seq += 1
+    msg = json.dumps({"method": "report", "clientToken": "dr-%d" % dev.seq, "params": props})
     dev.publish("$thing/up/property/%s/%s" % (dev.pid, dev.ident), msg)
 
 

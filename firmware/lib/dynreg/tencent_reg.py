@@ -10,8 +10,6 @@ import random
 
 from dynreg import ConfigError, DynregError, crypto, http, log, net
 
-REG_HOST = "ap-guangzhou.gateway.tencentdevices.com"
-
 
 def _b64(data):
     return binascii.b2a_base64(data)[:-1].decode()
@@ -32,18 +30,14 @@ def sign_legacy(secret, name, nonce, pid, ts):
 
 
 def pem_to_der(pem):
-    """Return the DER bytes inside the first PEM block of `pem` (bytes or str).
-
-    MicroPython's TLS takes certificates and keys as DER only, and DER is smaller in NVS.
-    """
-    if isinstance(pem, str):
-        pem = pem.encode()
+    """The DER bytes inside the first PEM block of `pem` (str): MicroPython's TLS takes DER only."""
+    pem = pem.encode()
     start = pem.find(b"-----BEGIN")
     body = pem.find(b"\n", start) + 1
     end = pem.find(b"-----END", body)
     if start < 0 or body <= 0 or end < 0:
-        raise DynregError("not a PEM block")
-    return crypto.b64decode(pem[body:end].replace(b"\r", b"").replace(b"\n", b""), "PEM body")
+        raise DynregError("tencent: not a PEM block")
+    return crypto.b64decode(pem[body:end].replace(b"\r", b"").replace(b"\n", b""), "tencent: PEM body")
 
 
 def decrypt_payload(payload, length, secret):
@@ -53,22 +47,19 @@ def decrypt_payload(payload, length, secret):
     if not isinstance(payload, str) or not isinstance(length, int) or length <= 0:
         raise DynregError("tencent: reply lacks a Payload string and a positive Len")
     data = crypto.b64decode(payload, "tencent: Payload")
-    if length > len(data):
-        raise DynregError("tencent: Len %d exceeds the %d-byte payload" % (length, len(data)))
-    if len(data) % 16:
-        raise DynregError("tencent: ciphertext of %d bytes is not a multiple of 16" % len(data))
-    plain = cryptolib.aes(secret[:16], 2, b"0000000000000000").decrypt(data)  # CBC, IV sixteen "0"
-    data = None
-    # The padding is zero bytes; anything else means a payload for another key.
-    if plain[length:].strip(b"\0"):
-        raise DynregError("tencent: payload padding is not zeros (wrong product secret?)")
+    if length > len(data) or len(data) % 16:
+        raise DynregError("tencent: Len %d does not fit a %d-byte payload" % (length, len(data)))
+    data = cryptolib.aes(secret[:16], 2, b"0000000000000000").decrypt(data)  # CBC, IV sixteen "0"
+    # The padding is zero bytes, and the plain text a JSON object; anything else means another key.
     try:
-        info = json.loads(plain[:length])
+        if data[length:].strip(b"\0"):
+            raise ValueError
+        info = json.loads(data[:length])
+        if isinstance(info, dict):
+            return info
     except (ValueError, RuntimeError):
-        info = None
-    if not isinstance(info, dict):
-        raise DynregError("tencent: decrypted payload is not a JSON object (wrong product secret?)")
-    return info
+        pass
+    raise DynregError("tencent: payload does not decrypt to JSON (wrong product secret?)")
 
 
 def credentials(info):
@@ -91,38 +82,31 @@ def parse_reply(body, secret):
     """The decrypted payload of a registration reply (current or legacy form); DynregError otherwise."""
     try:
         reply = json.loads(body)
-    except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
-        raise DynregError("tencent: reply is not JSON")
-    if not isinstance(reply, dict):
+        r = reply.get("Response") or reply  # the current protocol, else legacy (code, message, payload, len)
+        err = r.get("Error") or (r.get("code") and r)
+        if err:
+            err = "%s: %s" % (err.get("Code", err.get("code")), err.get("Message", err.get("message")))
+    except (ValueError, RuntimeError, AttributeError):  # not JSON, too deep, or not JSON objects
         raise DynregError("tencent: reply is not a JSON object")
-    r = reply.get("Response")
-    if isinstance(r, dict):  # current protocol
-        err = r.get("Error")
-        if isinstance(err, dict):
-            raise DynregError("tencent: registration refused: %s: %s" % (err.get("Code"), err.get("Message")))
-        return decrypt_payload(r.get("Payload"), r.get("Len"), secret)
-    code = reply.get("code")  # legacy protocol
-    if code is None:
-        raise DynregError("tencent: reply has neither Response nor code")
-    if code != 0:
-        raise DynregError("tencent: registration refused: code %s: %s" % (code, reply.get("message")))
-    return decrypt_payload(reply.get("payload"), reply.get("len"), secret)
+    if err:
+        raise DynregError("tencent: registration refused: " + err)
+    return decrypt_payload(r.get("Payload", r.get("payload")), r.get("Len", r.get("len")), secret)
 
 
 def register(st, name, ctx):
     """Register device `name` over HTTP(S); return the (key, value) pairs to store in NVS."""
     pid = st.need("prod_id")
-    for what, v in (("product id", pid), ("device name", name)):
+    for v in (pid, name):
         for ch in v:  # ids are spliced into JSON and topics
             if not ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in "-_:.@"):
-                raise ConfigError("%s %r has a character outside [A-Za-z0-9-_:.@]" % (what, v))
+                raise ConfigError("tencent: %r has a character outside [A-Za-z0-9-_:.@]" % v)
     secret = st.need("prod_secret").encode()
-    host = st.text("reg_host", REG_HOST)
+    host = st.text("reg_host", "ap-guangzhou.gateway.tencentdevices.com")
     port = st.int("reg_port", 80 if ctx is None else 443)
     ts = net.unix_time()
     nonce = random.getrandbits(31)
     headers = [("Content-Type", "application/json; charset=utf-8")]
-    if st.text("reg_api", "device") == "legacy":
+    if st.text("reg_api") == "legacy":
         path = "/register/dev"
         body = '{"deviceName":"%s","nonce":%d,"productId":"%s","timestamp":%d,"signature":"%s"}' % (
             name, nonce, pid, ts, sign_legacy(secret, name, nonce, pid, ts))
