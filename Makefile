@@ -63,9 +63,9 @@ real_board = $(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(call fact,ch
 ESPTOOL_AT = $(ESPTOOL) --chip $(call fact,chip) --port $(PORT) --baud $(BAUD)
 BACKUP    = build/nvs-backup/$(notdir $(PORT)).bin
 NVS_WRITE = build/nvs-backup/$(notdir $(PORT)).write.bin
+# lib/dynreg goes to the board compiled by mpy-cross -O3 (tools/flash.py stage), as `make bench` measures it.
 define deploy_cmds
-	rm -rf build/deploy && mkdir -p build/deploy/lib/dynreg
-	cp firmware/lib/dynreg/*.py build/deploy/lib/dynreg/
+	$(PY) tools/flash.py stage
 	$(MPREMOTE) connect $(PORT) cp -r build/deploy/lib : + cp firmware/boot.py firmware/main.py :
 endef
 

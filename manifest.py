@@ -7,7 +7,7 @@
 include("$(PORT_DIR)/boards/manifest.py")
 
 # firmware/lib/dynreg/*.py -> the frozen package "dynreg".
-package("dynreg", base_path="firmware/lib")
+package("dynreg", base_path="firmware/lib", opt=3)  # opt=3 as make deploy: no line numbers
 
 # dynreg's one dependency (from micropython-lib; already in the port's manifest on ESP32).
 require("umqtt.simple")

@@ -22,12 +22,12 @@ def encrypt(plain, secret=SECRET, pad=b"\0"):
 
 def test_protocol_vectors(interp, tmp_path):
     out = run_on_device(interp, tmp_path, """
-from dynreg import tencent, protco
+from dynreg import crypto, tencent, tencent_reg
 body = b'{"ProductId":"PRODUCT_ID1","DeviceName":"DEVICENAME1"}'
-print(tencent.sign_request("PRODUCT_SECRETKEY", "ap-guangzhou.gateway.tencentdevices.com", "/device/register",
+print(tencent_reg.sign_request("PRODUCT_SECRETKEY", "ap-guangzhou.gateway.tencentdevices.com", "/device/register",
                            "hmacsha1", 1629362589, 333464802, body))
 print(tencent.mqtt_password("7WmFA/MEs+Fy+32QwJWtYw==", "S3EUVBRJLBdevice_1234;12010126;abcde;2147483647"))
-print(protco.sign("ef958e891ffa4c72ba6c64e73c5dd422", "rn014ebe0C20E122", 1662544613, "hmacSha1"))
+print(crypto.hmac_hex("hmacSha1", "ef958e891ffa4c72ba6c64e73c5dd422", "uuid=rn014ebe0C20E122,ts=1662544613"))
 """).split()
     assert out == ["7u3+tAPlt8O4mPpBm3lambv23sw=",
                    "c431221c27bb1b44156bf798569569b3e9b78d7778aeba89303ea1b4da21e7b3;hmacsha256",
@@ -48,7 +48,7 @@ def test_payload_decryption_and_errors(interp, tmp_path):
         "unknowntype": (encrypt(b'{"encryptionType":7}'), 20, SECRET),
         "nopsk": (encrypt(b'{"encryptionType":2}'), 20, SECRET),
     }
-    code = "import json\nfrom dynreg import tencent, DynregError\ncases = json.loads(%r)\n" % json.dumps(cases) + """
+    code = "import json\nfrom dynreg import tencent_reg as tencent, DynregError\ncases = json.loads(%r)\n" % json.dumps(cases) + """
 for name in sorted(cases):
     payload, length, secret = cases[name]
     try:
@@ -60,19 +60,20 @@ for name in sorted(cases):
     lines = dict(line.split(" ", 1) for line in run_on_device(interp, tmp_path, code).splitlines())
     assert lines["ok"] == "OK ['dev_secret'] 7WmFA/MEs+Fy+32QwJWtYw=="
     for name, words in {"wrongkey": "wrong product secret", "notb64": "not valid base64",
-                        "not16": "not a multiple of 16", "biglen": "exceeds", "badpad": "padding is not zeros",
-                        "notjson": "not JSON", "nolen": "positive Len", "unknowntype": "unknown encryptionType",
+                        "not16": "does not fit a 20-byte payload", "biglen": "Len 999 does not fit",
+                        "badpad": "does not decrypt to JSON", "notjson": "does not decrypt to JSON",
+                        "nolen": "positive Len", "unknowntype": "unknown encryptionType",
                         "nopsk": "no usable psk"}.items():
         assert lines[name].startswith("ERR") and words in lines[name], (name, lines[name])
 
 
 def test_null_secret_rule_pem_and_backoff(interp, tmp_path):
     out = run_on_device(interp, tmp_path, """
-from dynreg import crypto, flow
+from dynreg import flow, tencent_reg
 from dynreg.store import is_null
 print([is_null(v) for v in (None, b"", b"  ", b"YOUR_DEVICE_SECRET", b"YOUR_IOT_PSK", b"abc", b"0")])
 pem = b"-----BEGIN CERTIFICATE-----\\nAAEC\\nAwQF\\n-----END CERTIFICATE-----\\n"
-print(crypto.pem_to_der(pem) == bytes([0, 1, 2, 3, 4, 5]))
+print(tencent_reg.pem_to_der(pem) == bytes([0, 1, 2, 3, 4, 5]))
 waits = [flow.backoff_ms(a, 1000, 60000) for a in range(1, 12) for _ in range(20)]
 print(min(waits) >= 500, max(waits) <= 60000, max(flow.backoff_ms(1, 1000, 60000) for _ in range(50)) <= 1000)
 """).splitlines()

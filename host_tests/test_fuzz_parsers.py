@@ -34,10 +34,11 @@ DRIVER = r'''
 import binascii
 import json
 
-from dynreg import DynregError, crypto, mqttreg, net, protco, store, tencent, ucloud
+from dynreg import DynregError, crypto, http, mqtt, mqttreg, net, protco, protco_reg, store, tencent, tencent_reg
+from dynreg import ucloud_reg
 
 SECRET = %r
-MAX_READ = net.MAX_HEADER + net.MAX_BODY + 2
+MAX_READ = http.MAX_HEADER + http.MAX_BODY + 2
 
 
 def dec(x):
@@ -119,6 +120,12 @@ class Store:
         return v.decode() if isinstance(v, bytes) else v
 
 
+class FakeOs:  # request ids from os.urandom, fixed so that generated replies can carry them
+    @staticmethod
+    def urandom(n):
+        return b"\x01" * n
+
+
 class Client:
     def __init__(self):
         self.sent = []
@@ -151,11 +158,11 @@ def _patched(module, name, value, func):
 
 def _register(platform, s):
     values = {"prod_id": "pid1", "prod_secret": SECRET, "tls#": 0, "reg_host": "localhost"}
-    mod = {"tencent": tencent, "ucloud": ucloud, "protco": protco}[platform]
+    mod = {"tencent": tencent_reg, "ucloud": ucloud_reg, "protco": protco_reg}[platform]
     if platform == "tencent":
-        return _patched(net, "open_socket", lambda *a, **k: s, lambda: mod.register(Store(values), "dev1"))
-    return _patched(net, "mqtt_open", lambda *a, **k: s, lambda: _patched(
-        net, "random_bytes", lambda n: b"\x01" * n, lambda: mod.register(Store(values), "dev1")))
+        return _patched(net, "open_socket", lambda *a, **k: s, lambda: mod.register(Store(values), "dev1", None))
+    return _patched(mqtt, "login", lambda *a, **k: (s, "localhost", 1883), lambda: _patched(
+        mqttreg, "os", FakeOs, lambda: mod.register(Store(values), "dev1", None)))
 
 
 def _time_reply(msg):
@@ -173,26 +180,26 @@ def _time_reply(msg):
 def run_parser(name, args):
     """The parser's result (checked against its caps), or raises what the parser raised."""
     if name == "b64decode":
-        return crypto.b64decode(args[0])
+        return crypto.b64decode(args[0], "value")
     if name == "pem_to_der":
-        return crypto.pem_to_der(args[0])
+        return tencent_reg.pem_to_der(args[0])
     if name == "decrypt_payload":
-        return tencent.decrypt_payload(args[0], args[1], SECRET)
+        return tencent_reg.decrypt_payload(args[0], args[1], SECRET)
     if name == "credentials":
-        return tencent.credentials(args[0])
+        return tencent_reg.credentials(args[0])
     if name == "tencent_reply":
-        return tencent._reply(args[0], SECRET)
+        return tencent_reg.parse_reply(args[0], SECRET)
     if name == "read_reply":
         s = Stream(args[0])
         try:
-            return net._read_reply(s)
+            return http.read_reply(s)
         finally:
             if s.pos > MAX_READ:
                 raise AssertionError("read %%d bytes" %% s.pos)
     if name == "mqtt_read":
         s = Stream(args[0])
         try:
-            kind, body = net.mqtt_read(s, args[1], args[2])
+            kind, body = mqtt.read(s, args[1], args[2])
             if len(body) > args[1]:
                 raise AssertionError("body over the limit")
             return kind, body
@@ -200,7 +207,7 @@ def run_parser(name, args):
             if s.pos > 1 + 5 + args[1]:
                 raise AssertionError("read %%d bytes" %% s.pos)
     if name == "mqttreg_reply":
-        return mqttreg._reply(args[0], args[1], b"t/reply")
+        return mqttreg.reply(args[0], args[1], b"t/reply")
     if name in ("tencent_register", "ucloud_register", "protco_register"):
         s = Stream(args[0])
         try:

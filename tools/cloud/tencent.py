@@ -248,7 +248,7 @@ class TencentPlatform(Platform):
         return True
 
     def _login(self, session, client, expiry):
-        """Check a CONNECT; returns (device key, "psk" | "cert") or raises Refused."""
+        """Check a CONNECT; returns (device key, "psk, <algorithm>" | "cert") or raises Refused."""
         if session.client_id != client:
             raise Refused("client id differs from the username's ProductId+DeviceName")
         pids = [p for p in self.products if client.startswith(p) and len(client) > len(p)]
@@ -274,7 +274,7 @@ class TencentPlatform(Platform):
             raise Refused("password must end in ;hmacsha256 or ;hmacsha1")
         if not same(mqtt_password(record["psk"], session.username, algorithm), mac.lower() + ";" + algorithm):
             raise Refused("wrong password")
-        return key, "psk"
+        return key, "psk, " + algorithm
 
     def topic_allowed(self, session, topic, action):
         pid, dn = session.attributes[DEVICE].split("/", 1)

@@ -42,7 +42,8 @@ def exchange(s, topic, reply_topic, id_key, request, timeout_ms=5000):
     want = reply_topic.encode()
     try:
         # One write for both: separate small writes would wait for TCP ACKs (Nagle), costing round trips.
-        s.write(mqtt.subscribe(1, (reply_topic,)) + mqtt.packet(0x30, mqtt.string(topic) + json.dumps(request)))
+        request = mqtt.packet(0x30, mqtt.string(topic) + json.dumps(request).encode())
+        s.write(mqtt.subscribe(1, (reply_topic,)) + request)
         request = None
         t0 = time.ticks_ms()
         while time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:

@@ -30,8 +30,9 @@ def sign_legacy(secret, name, nonce, pid, ts):
 
 
 def pem_to_der(pem):
-    """The DER bytes inside the first PEM block of `pem` (str): MicroPython's TLS takes DER only."""
-    pem = pem.encode()
+    """The DER bytes inside the first PEM block of `pem` (str or bytes): MicroPython's TLS takes DER only."""
+    if isinstance(pem, str):
+        pem = pem.encode()
     start = pem.find(b"-----BEGIN")
     body = pem.find(b"\n", start) + 1
     end = pem.find(b"-----END", body)

@@ -16,7 +16,8 @@ def host(st):
 def login(st, name, ctx):
     """Static login (|1) with the device secret; return (umqtt client, ProductSN, DeviceSN)."""
     psn = st.need("prod_id")
-    return mqtt.connect(st, ctx, host(st), "%s.%s" % (psn, name), "%s|%s|1" % (psn, name), st.get("dev_secret")), psn, name
+    c = mqtt.connect(st, ctx, host(st), "%s.%s" % (psn, name), "%s|%s|1" % (psn, name), st.get("dev_secret"))
+    return c, psn, name
 
 
 def subscriptions(dev):
