@@ -78,3 +78,32 @@ waits = [flow.backoff_ms(a, 1000, 60000) for a in range(1, 12) for _ in range(20
 print(min(waits) >= 500, max(waits) <= 60000, max(flow.backoff_ms(1, 1000, 60000) for _ in range(50)) <= 1000)
 """).splitlines()
     assert out == ["[True, True, True, True, True, False, False]", "True", "True True True"]
+
+
+def test_tencent_time_reply_is_taken_only_while_fresh(interp, tmp_path):
+    out = run_on_device(interp, tmp_path, """
+import time
+from dynreg import net, tencent
+
+
+class Dev:
+    pid, ident = "P1", "d1"
+
+    def publish(self, topic, msg):
+        print("asked on", topic)
+
+
+dev = Dev()
+tencent.after_login(dev)
+now_ms = (net.unix_time() + 100) * 1000  # the cloud's clock runs 100 s ahead
+reply = '{"type":"get","time":%d,"ntptime1":%d,"ntptime2":%d}' % (now_ms // 1000, now_ms, now_ms)
+print(tencent.handle(dev, b"$thing/down/property/P1/d1", reply))  # not the time service's topic
+print(tencent.handle(dev, b"$sys/operation/result/P1/d1", reply), 99 <= net.unix_time() - int(time.time()) <= 101)
+dev.time_asked = time.ticks_add(time.ticks_ms(), -6000)  # read 6 s after asking: the midpoint is no good
+print(tencent.handle(dev, b"$sys/operation/result/P1/d1", '{"ntptime1":1700000000000,"ntptime2":1700000000000}'))
+print(99 <= net.unix_time() - int(time.time()) <= 101)
+""").splitlines()
+    assert out[0] == "asked on $sys/operation/P1/d1" and out[1] == "False" and out[3] == "True True", out
+    assert "tencent: time synced over $sys/operation (clock offset +10" in out[2], out
+    assert "tencent: time reply read after 600" in out[4] and out[4].endswith(" ms ignored"), out
+    assert out[5:] == ["True", "True"], out

@@ -29,7 +29,7 @@ state in OUT/cloud), and prints one table, also written as JSON (OUT/bench.json)
    443/8883) are mapped to the emulator by patching socket.getaddrinfo in the harness process;
    the emulator's certificate names them. See sdk_harness() for what else the harness adapts.
 5. Fleet: --fleet devices (CPython threads in one process, each running the firmware's own
-   dynreg.tencent.register() over the board's shims) register at once against a fresh emulator
+   dynreg.tencent_reg.register() over the board's shims) register at once against a fresh emulator
    after a simulated power cut, without and with start-up jitter (the firmware's jitter_ms: a
    random wait of 0..jitter_ms before the first attempt; --jitter-ms, default 30 s), retrying
    with dynreg.flow.backoff_ms and the firmware's defaults (2 s base, 300 s cap) until
@@ -708,6 +708,8 @@ def fleet(out, n, jitter_ms, deadline_s):
         finally:
             emu.stop()
         scenario = fleet_summary(raw)
+        if not scenario["registered"]:  # the harness itself is broken, not the cloud overloaded
+            raise RuntimeError("fleet %s: no device registered; errors: %s" % (label, raw["errors"]))
         scenario.update(jitter_ms=jitter, registered_at_cloud=registered)
         result["scenarios"][label] = scenario
         say("fleet %s: %d registered, %d retried, requests peak %d/s" % (
@@ -782,9 +784,9 @@ def fleet_worker(spec):
     time.ticks_diff = lambda a, b: a - b
     time.sleep_ms = lambda ms: time.sleep(ms / 1000)
     import dynreg
-    from dynreg import flow, tencent
+    from dynreg import flow, net, tencent_reg
 
-    dynreg.log = tencent.log = lambda msg: None
+    dynreg.log = tencent_reg.log = lambda msg: None
     ca = Path(spec["ca"]).read_bytes()
     n, jitter, base, cap = spec["n"], spec["jitter_ms"], 2000, 300000  # the firmware's retry defaults
     power_on = threading.Event()
@@ -797,6 +799,7 @@ def fleet_worker(spec):
         st = _DictStore({"platform": "tencent", "prod_id": spec["pid"], "prod_secret": spec["secret"],
                          "reg_host": "localhost", "reg_port": spec["port"], "ca": ca})
         name = "fleet-%s-%04d" % (spec["tag"], i)
+        ctx = net.tls_context(ca)  # each device makes its own at boot, as dynreg.flow.run()
         rec = devices[i]
         power_on.wait()
         wait = (random.getrandbits(24) % (jitter + 1)) / 1000 if jitter else 0  # as dynreg.flow.run()
@@ -807,7 +810,7 @@ def fleet_worker(spec):
             rec["planned"].append(round(planned, 4))
             rec["attempts"].append(round(time.monotonic() - t0[0], 4))
             try:
-                tencent.register(st, name)
+                tencent_reg.register(st, name, ctx)
                 rec["done"] = round(time.monotonic() - t0[0], 4)
                 return
             except Exception as e:  # noqa: as the firmware's flow, any failure is retried

@@ -37,23 +37,13 @@ def subscriptions(dev):
 
 
 def after_login(dev):
-    """Learn the cloud's time over $sys/operation (as Tencent's SDKs do) and correct the clock by it."""
-    sent = time.ticks_ms()  # subscriptions() included the result topic: the broker has it by now
+    """Ask the cloud's time over $sys/operation (as Tencent's SDKs do); handle() takes the answer.
+
+    The login does not wait for it: connect() returns at once and the reply arrives with the
+    application's first poll().
+    """
     dev.publish("$sys/operation/%s/%s" % (dev.pid, dev.ident), b'{"type":"get","resource":["time"]}')
-    msg = dev.wait_for("$sys/operation/result/%s/%s" % (dev.pid, dev.ident), 5000)
-    if msg is None:
-        log("tencent: no time reply within 5 s; keeping the local clock")
-        return
-    try:
-        t = json.loads(msg)
-        # Midpoint of the server's receive/send times plus half the round trip, in ms (as the Python SDK).
-        cloud_ms = (t["ntptime1"] + t["ntptime2"] + time.ticks_diff(time.ticks_ms(), sent)) // 2
-        if not isinstance(cloud_ms, int) or not 1577836800 < cloud_ms // 1000 < 4102444800:  # 2020..2100
-            raise ValueError
-    except (ValueError, KeyError, TypeError, RuntimeError):
-        log("tencent: malformed time reply ignored")
-        return
-    log("tencent: time synced over $sys/operation (clock offset %+d s)" % net.correct_clock(cloud_ms // 1000))
+    dev.time_asked = time.ticks_ms()
 
 
 def report(dev, props):
@@ -64,5 +54,21 @@ def report(dev, props):
 
 
 def handle(dev, topic, msg):
-    """Platform messages dynreg answers itself: none for Tencent (replies go to the application)."""
-    return False
+    """Correct the clock from the time service's answer; everything else goes to the application."""
+    if topic != ("$sys/operation/result/%s/%s" % (dev.pid, dev.ident)).encode():
+        return False
+    rtt = time.ticks_diff(time.ticks_ms(), dev.time_asked)
+    try:
+        t = json.loads(msg)
+        # Midpoint of the server's receive/send times plus half the round trip, in ms (as the Python SDK).
+        cloud_ms = (t["ntptime1"] + t["ntptime2"] + rtt) // 2
+        if not isinstance(cloud_ms, int) or not 1577836800 < cloud_ms // 1000 < 4102444800:  # 2020..2100
+            raise ValueError
+    except (ValueError, KeyError, TypeError, RuntimeError):
+        log("tencent: malformed time reply ignored")
+        return True
+    if rtt > 5000:  # read late (the application did not poll): the midpoint would be seconds off
+        log("tencent: time reply read after %d ms ignored" % rtt)
+    else:
+        log("tencent: time synced over $sys/operation (clock offset %+d s)" % net.correct_clock(cloud_ms // 1000))
+    return True
