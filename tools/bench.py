@@ -958,7 +958,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="coarse bisection, one timed run, no SDK, no fleet")
     p.add_argument("--out", default=str(REPO / "build" / "bench"), help="output directory (default build/bench)")
     p.add_argument("--platforms", default=",".join(PRODUCTS), help="comma-separated subset of %s" % ",".join(PRODUCTS))
-    p.add_argument("--runs", type=int, help="timed runs per platform (default 5, --quick 1)")
+    p.add_argument("--runs", type=int, help="timed runs per platform (default 9, --quick 1)")
     p.add_argument("--step", type=int, help="heap bisection resolution in bytes (default 1024, --quick 8192)")
     p.add_argument("--fleet", type=int, default=1000, help="simulated devices in the fleet test (default 1000)")
     p.add_argument("--jitter-ms", type=int, default=30000, help="start-up jitter of the fleet's second run (ms)")
@@ -972,7 +972,7 @@ def parse_args(argv=None):
     if not args.platforms or set(args.platforms) - set(PRODUCTS):
         p.error("--platforms: choose from %s" % ", ".join(PRODUCTS))
     if args.runs is None:
-        args.runs = 1 if args.quick else 5
+        args.runs = 1 if args.quick else 9
     if args.step is None:
         args.step = 8192 if args.quick else 1024
     if args.quick:
