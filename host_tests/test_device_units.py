@@ -108,3 +108,17 @@ print(99 <= net.unix_time() - int(time.time()) <= 101)
     assert re.search(r"tencent: time synced over \$sys/operation \(clock offset \+(99|100|101) s\)", out[2]), out
     assert "tencent: time reply read after 600" in out[4] and out[4].endswith(" ms ignored"), out
     assert out[5:] == ["True", "True"], out
+
+
+def test_tls_context_needs_a_valid_ca(interp, tmp_path):
+    out = run_on_device(interp, tmp_path, """
+from dynreg import ConfigError, net
+for ca in (None, b"", b"not a certificate"):
+    try:
+        net.tls_context(ca)
+        print("accepted")
+    except ConfigError as e:
+        print("ConfigError", e)
+""").splitlines()
+    assert out[0].startswith("ConfigError TLS needs the CA certificate in NVS key 'ca'") and out[1] == out[0], out
+    assert out[2].startswith("ConfigError TLS: the CA (NVS 'ca') or client certificate/key is not valid DER"), out
