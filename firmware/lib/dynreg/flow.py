@@ -16,16 +16,16 @@ def backoff_ms(attempt, base_ms, cap_ms):
     return d // 2 + random.getrandbits(20) % (d // 2 + 1)
 
 
-def _attempt(st, plat, name, ctx):
+def _attempt(st, platform, name, ctx):
     ssid = st.text("wifi_ssid")
     if ssid:
         net.wifi_connect(ssid, st.text("wifi_pass", ""), st.int("wifi_timeout_ms", 20000))
     net.set_clock()
     # Registered means a device secret (or a client certificate) in NVS: registration stores it last.
     if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
-        log("no device secret in NVS: registering %s device %r" % (plat, name))
+        log("no device secret in NVS: registering %s device %r" % (platform, name))
         # Only this boot imports the registration module, and only the login boot the login module.
-        items = __import__("dynreg.%s_reg" % plat, None, None, ["register"]).register(st, name, ctx)
+        items = __import__("dynreg.%s_reg" % platform, None, None, ["register"]).register(st, name, ctx)
         gc.collect()
         for key, value in items:
             st.set(key, value)
@@ -34,7 +34,7 @@ def _attempt(st, plat, name, ctx):
         machine.reset()
     from dynreg.device import Device
 
-    plat = __import__("dynreg." + plat, None, None, ["login"])
+    plat = __import__("dynreg." + platform, None, None, ["login"])
     dev = Device(plat, *plat.login(st, name, ctx))
     log("mqtt: logged in")
     if st.int("forget_prod", 0) and st.get("prod_secret"):
@@ -50,9 +50,9 @@ def _attempt(st, plat, name, ctx):
 def run():
     """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
     st = Store()
-    plat = st.text("platform")
-    if plat not in ("tencent", "ucloud", "protco"):
-        raise ConfigError("NVS key 'platform' is %r, not tencent, ucloud or protco" % plat)
+    platform = st.text("platform")
+    if platform not in ("tencent", "ucloud", "protco"):
+        raise ConfigError("NVS key 'platform' is %r, not tencent, ucloud or protco" % platform)
     name = st.text("dev_name")
     if not name:  # the Wi-Fi MAC in lowercase hex
         import binascii
@@ -69,11 +69,12 @@ def run():
         log("start-up jitter: waiting %d ms" % wait)
         time.sleep_ms(wait)
     tries = st.int("max_tries", 0)
+    base, cap = st.int("retry_ms", 2000), st.int("retry_max_ms", 300000)
     attempt = 0
     while True:
         attempt += 1
         try:
-            return _attempt(st, plat, name, ctx)
+            return _attempt(st, platform, name, ctx)
         except ConfigError:
             raise
         except Exception as e:  # noqa: a field device must survive any failure and try again
@@ -81,6 +82,6 @@ def run():
         gc.collect()
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
-        wait = backoff_ms(attempt, st.int("retry_ms", 2000), st.int("retry_max_ms", 300000))
+        wait = backoff_ms(attempt, base, cap)
         log("attempt %d failed (%s); retrying in %d ms" % (attempt, why, wait))
         time.sleep_ms(wait)
