@@ -61,6 +61,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tools.flash import mpy_cross  # noqa: E402  compiled as `make deploy` stages it (mpy-cross -O3)
 FIRMWARE = REPO / "firmware"
 SIM = REPO / "boards" / "sim"
 UMQTT_SRC = REPO / "build" / "deps" / "frozen" / "umqtt" / "simple.py"  # what tools/sim.py --umqtt frozen uses
@@ -69,7 +71,6 @@ REGISTRY = REPO / "tools" / "cloud" / "registry.json"
 PRODUCTS = {"tencent": "SIMPSK0001", "ucloud": "simucloudkey0001", "protco": "simprotcokey01"}
 MIN_ROUND_TRIPS = {"tencent": 1, "ucloud": 2, "protco": 2}
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
-MPY_FLAGS = ("-O3",)  # as `make deploy` and manifest.py compile dynreg: no line numbers (its errors are logged as text)
 RAM_TARGET = 1.5  # whole flow within this factor of the bare-MQTT floor
 FLASH_TARGET = 8192  # bytes of .mpy a platform imports
 SDK_PIN = "tencent-iot-device==1.0.0"  # pins pycrypto, which no longer builds: installed with --no-deps
@@ -104,13 +105,6 @@ def venv_tool(name):
 
 
 # -- building the firmware images -----------------------------------------------------------------
-
-def mpy_cross(src, dst):
-    """Compile one .py to .mpy as `make deploy` does (MPY_FLAGS); returns its size in bytes."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([venv_tool("mpy-cross"), *MPY_FLAGS, "-o", str(dst), str(src)], check=True)
-    return dst.stat().st_size
-
 
 def build(out):
     """OUT/fw (firmware as .mpy), OUT/probe (same lib, main.py that reports imports), OUT/floor, OUT/idle.

