@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from host_tests.cloudproc import PYTHON, start_emulator, stop_emulator  # noqa: E402
+from tools.cloud.state import read_console_password  # noqa: E402
 
 INTERPS = ("micropython", "cpython")
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
@@ -44,7 +45,7 @@ class Cloud:
 
     def secrets(self):
         """Every secret in play: product secrets and whatever the cloud issued."""
-        found = {self.registry["console"]["password"]}
+        found = {read_console_password(self.state)}
         for platform, products in self.registry.items():
             if isinstance(products, dict):
                 for p in products.values():

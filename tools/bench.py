@@ -63,6 +63,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from tools.flash import mpy_cross  # noqa: E402  compiled as `make deploy` stages it (mpy-cross -O3)
+from tools.cloud.state import read_console_password  # noqa: E402
 FIRMWARE = REPO / "firmware"
 SIM = REPO / "boards" / "sim"
 UMQTT_SRC = REPO / "build" / "deps" / "frozen" / "umqtt" / "simple.py"  # what tools/sim.py --umqtt frozen uses
@@ -346,9 +347,8 @@ def device_settings(emu, platform, name, wifi=True):
 
 
 def floor_settings(emu, name):
-    console = emu.registry["console"]
     return dict(WIFI, dev_name=name, mqtt_host="localhost", mqtt_port=emu.ports["mqtts"], ca={"file": "@cloud/ca.pem"},
-                floor_user=console["username"], floor_pass=console["password"])
+                floor_user=emu.registry["console"]["username"], floor_pass=read_console_password(emu.state))
 
 
 # -- running things and timing their output --------------------------------------------------------

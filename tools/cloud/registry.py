@@ -1,7 +1,7 @@
 """Product registry (read from a JSON file) and device state (kept on disk).
 
-Registry file: {"<platform>": {"<ProductId>": {product options}}, "console": {"username": ..,
-"password": ..}}; platforms are "tencent", "ucloud" and "protco", each with its own options
+Registry file: {"<platform>": {"<ProductId>": {product options}}, "console": {"username": ..}};
+platforms are "tencent", "ucloud" and "protco", each with its own options
 (OPTIONS below; the meaning of each is in tools/cloud/__init__.py). Keys starting with "_" are
 comments, at any level.
 
@@ -56,7 +56,7 @@ class Registry:
     """The registry file's content."""
 
     products: dict        # {platform: {pid: Product}}
-    console: Console = None
+    console: str = None   # the console login's username (its password is per state dir: state.py)
 
 
 def load_registry(path):
@@ -83,9 +83,12 @@ def load_registry(path):
 
 def _console(spec):
     fields = {k: v for k, v in spec.items() if not k.startswith("_")} if isinstance(spec, dict) else {}
-    if set(fields) != {"username", "password"} or not all(isinstance(v, str) and v for v in fields.values()):
-        raise ValueError("registry: console must be {\"username\": \"..\", \"password\": \"..\"}")
-    return Console(fields["username"], fields["password"])
+    if "password" in fields:
+        raise ValueError("registry: console takes no password: it is generated per state directory "
+                         "(console.password) or given with --console-password")
+    if set(fields) != {"username"} or not isinstance(fields["username"], str) or not fields["username"]:
+        raise ValueError("registry: console must be {\"username\": \"..\"}")
+    return fields["username"]
 
 
 def _product(platform, pid, spec):

@@ -11,7 +11,6 @@ import hmac
 import json
 import os
 import re
-import threading
 import time
 import uuid
 
@@ -88,13 +87,12 @@ class TencentPlatform(Platform):
 
     name = "tencent"
 
-    def __init__(self, products, store, pki, ts_window):
+    def __init__(self, products, store, pki, ts_window, seen):
         self.products = products
         self.store = store
         self.pki = pki
         self.ts_window = ts_window
-        self._nonces = {}  # (api, pid, dn, nonce, timestamp) -> when it may be forgotten (time.time())
-        self._nonce_lock = threading.Lock()
+        self.seen = seen  # state.SeenOnce of (api, pid, dn, nonce, timestamp), kept 2 windows
 
     def http_routes(self):
         return {"/device/register": self._device_register, "/register/dev": self._register_dev}
@@ -188,16 +186,10 @@ class TencentPlatform(Platform):
     def _check_replay(self, key):
         """Refuse a signed request seen before: the same nonce and timestamp for the same device and
         product, within the timestamp window (a request older than the window is refused as expired
-        anyway, so only the window needs remembering). Called after the signature check, so forged
-        requests cannot use up nonces."""
-        now = time.time()
-        keep = self.ts_window or 600
-        with self._nonce_lock:
-            if len(self._nonces) > 1000:
-                self._nonces = {k: t for k, t in self._nonces.items() if t > now}
-            if self._nonces.get(key, 0) > now:
-                raise REPLAYED()
-            self._nonces[key] = now + 2 * keep  # |now - ts| <= window: the same (nonce, ts) is valid 2 windows
+        anyway, so only the window needs remembering; the store keeps it across restarts). Called
+        after the signature check, so forged requests cannot use up nonces."""
+        if self.seen.claim(key) is not None:
+            raise REPLAYED()
 
     def _issue(self, product, dn):
         """Apply the console rules, then issue new credentials. Returns (plaintext, kind, count)."""
