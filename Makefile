@@ -24,9 +24,10 @@ FILE      ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.stamp: requirements.txt
+$(VENV)/.stamp: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 build/deps/.stamp: tools/fetch_deps.py | $(VENV)/.stamp

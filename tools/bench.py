@@ -22,8 +22,8 @@ state in OUT/cloud), and prints one table, also written as JSON (OUT/bench.json)
    as it arrives: from "[sim] boot 1" (the runner starts the interpreter) to "report 1 sent",
    through registration, reset and login; and from "[sim] boot 2" (the login boot). The boards
    run with the network already up (no wifi_ssid), as the SDK on a PC. In the same run, the
-   official Tencent SDK for Python (tencent-iot-device 1.0.0, which the bench installs into this
-   venv with --no-deps when it is missing: it pins pycrypto, which no longer builds) registers,
+   official Tencent SDK for Python (tencent-iot-device, requirements-nodeps.txt: make setup installs
+   it with --no-deps, as the bench does when it is missing; it pins pycrypto, which no longer builds) registers,
    logs in and publishes on CPython against the same emulator, timed from its process start.
    Its hosts (ap-guangzhou.gateway.tencentdevices.com, <pid>.iotcloud.tencentdevices.com, ports
    443/8883) are mapped to the emulator by patching socket.getaddrinfo in the harness process;
@@ -74,7 +74,7 @@ MIN_ROUND_TRIPS = {"tencent": 1, "ucloud": 2, "protco": 2}
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
 RAM_TARGET = 1.5  # whole flow within this factor of the bare-MQTT floor
 FLASH_TARGET = 8192  # bytes of .mpy a platform imports
-SDK_PIN = "tencent-iot-device==1.0.0"  # pins pycrypto, which no longer builds: installed with --no-deps
+SDK_PIN = REPO / "requirements-nodeps.txt"  # the SDK pins pycrypto, which no longer builds: --no-deps
 SDK_DEPS = ("paho-mqtt", "pycryptodome")  # its real dependencies, pinned in requirements.txt
 SDK_REG_HOST = "ap-guangzhou.gateway.tencentdevices.com"
 HEAP_LO, HEAP_HI, HEAP_MAX = 16 * 1024, 256 * 1024, 4 * 1024 * 1024
@@ -574,8 +574,8 @@ def ensure_sdk():
         return None
     lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
     pins = [line for line in lines if line.split("==")[0].strip().lower() in SDK_DEPS]
-    say("installing %s (--no-deps) and %s" % (SDK_PIN, ", ".join(pins)))
-    for args in (pins, ["--no-deps", SDK_PIN]):
+    say("installing %s (--no-deps) and %s" % (SDK_PIN.name, ", ".join(pins)))
+    for args in (pins, ["--no-deps", "-r", str(SDK_PIN)]):
         done = subprocess.run([sys.executable, "-m", "pip", "install", "-q"] + args, capture_output=True, text=True)
         if done.returncode != 0:
             return "pip install %s failed: %s" % (" ".join(args), done.stderr.strip()[-300:])
@@ -604,8 +604,8 @@ def sdk_harness(spec):
       a *server* context since Python 3.10, with which no client connection can be made at all (on
       older Pythons it verified nothing); here it is a client context trusting the emulator's CA,
       with hostname checks (the emulator's certificate names Tencent's hosts);
-    - paho-mqtt speaks MQTT 3.1.1 instead of the SDK's 3.1 ("MQIsdp"), which the emulator's broker
-      (amqtt) does not accept; the packets are the same size.
+    Nothing of its protocol is changed: it speaks MQTT 3.1 ("MQIsdp"), its default, which the emulator
+    accepts as the cloud does (host_tests/test_cloud_emulator.py runs this harness as the SDK check).
     """
     import socket
     import ssl
@@ -621,15 +621,8 @@ def sdk_harness(spec):
         return real_getaddrinfo(host, port, *args, **kwargs)
 
     socket.getaddrinfo = getaddrinfo
-    import paho.mqtt.client as mqtt
     from hub.utils.codec import Codec
 
-    class Client311(mqtt.Client):
-        def __init__(self, *args, **kwargs):
-            kwargs["protocol"] = mqtt.MQTTv311
-            super().__init__(*args, **kwargs)
-
-    mqtt.Client = Client311
     ca = Path(ports["ca"]).read_text()
     Codec.Ssl.create_content = lambda self, cadata=None: ssl.create_default_context(cadata=ca)
     from explorer.explorer import QcloudExplorer
