@@ -250,14 +250,14 @@ def test_connect_timeout_default_is_10_s():
 
 def test_official_tencent_sdk_registers_and_logs_in(tmp_path):
     """tencent-iot-device (requirements-nodeps.txt) as published: only its hosts, ports and CA point
-    here (tools/bench.py's harness); it speaks MQTT 3.1."""
+    here (tools/bench/sdk.py's harness); it speaks MQTT 3.1."""
     pid = "SIMPSK0001"
     names = ["ap-guangzhou.gateway.tencentdevices.com", pid + ".iotcloud.tencentdevices.com"]
     proc, ports = start_emulator(tmp_path / "cloud", extra_args=sum((["--cert-name", n] for n in names), []))
     try:
         spec = {"ports": ports, "pid": pid, "secret": TENCENT_SECRET[pid], "name": "sdk-0001",
                 "dir": str(tmp_path / "sdk")}
-        run = subprocess.run([sys.executable, os.path.join(REPO, "tools", "bench.py"), "--sdk-harness", json.dumps(spec)],
+        run = subprocess.run([sys.executable, "-m", "tools.bench", "--sdk-harness", json.dumps(spec)],
                              capture_output=True, text=True, timeout=60, cwd=REPO)
     finally:
         stop_emulator(proc)

@@ -2,7 +2,7 @@
 
     python -m tools.hil --board ESP32_GENERIC --port /dev/ttyUSB0 [--platform tencent]
         [--firmware FW.bin] [--force] [--partition ota] [--lan-ip IP] [--state build/hil]
-    python -m tools.hil --board sim ...      the simulated board (tools/sim.py) in place of a serial port
+    python -m tools.hil --board sim ...      the simulated board (python -m tools.sim) in place of a serial port
 
 Steps (a failure prints FAIL, the step and the last console lines; exit 1):
 1. LAN address: this PC's address on the network the board joins (--lan-ip, else the source address
@@ -15,9 +15,9 @@ Steps (a failure prints FAIL, the step and the last console lines; exit 1):
 3. settings: STATE/settings.json (0600): the platform's key product (the registry's first one),
    Wi-Fi from $WIFI_SSID / $WIFI_PASS (asked on the terminal when missing), the emulator's address,
    ports and CA.
-4. provision: the factory NVS image STATE/nvs.bin (0600), checked as tools/provision.py checks a
+4. provision: the factory NVS image STATE/nvs.bin (0600), checked as tools/factory/provision.py checks a
    batch, sized for the board's NVS partition.
-5. flash: tools/flash.py flash (what `make flash` does): NVS backup, MicroPython (--firmware, if
+5. flash: tools/factory/flash.py flash (what `make flash` does): NVS backup, MicroPython (--firmware, if
    given), the NVS image unless the board already holds a device identity (kept unless --force),
    lib/dynreg, boot.py, main.py. The simulated board keeps its identity the same way. A kept
    identity keeps the board's other settings too: the emulator must be where they point (same

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools import boards, provision  # noqa: E402
+from tools.factory import boards, provision  # noqa: E402
 from tools.cloud.registry import load_registry  # noqa: E402
 from tools.cloud.state import CONSOLE_FILE, read_console_password, write_private  # noqa: E402
 from tools.hil.targets import HilError, SerialBoard, SimBoard  # noqa: E402

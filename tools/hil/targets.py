@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools import flash  # noqa: E402
+from tools.factory import flash  # noqa: E402
 
 BAUD = 115200  # MicroPython's REPL on the ESP32's UART0 / USB
 INTERRUPT_AND_SOFT_RESET = b"\r\x03\x03\x04"  # Ctrl-C twice (stop main.py), Ctrl-D at the REPL: boot again
@@ -28,20 +28,20 @@ class HilError(Exception):
 
 
 class SerialBoard:
-    """A real board: tools/flash.py flashes it, its serial console is read with pyserial (mpremote's)."""
+    """A real board: tools/factory/flash.py flashes it, its serial console is read with pyserial (mpremote's)."""
 
     def __init__(self, board, port, partition="default", firmware=None):
         self.board, self.port, self.partition, self.firmware = board, port, partition, firmware
         self.name = "%s on %s" % (board, port)
 
     def install(self, image, force):
-        command = [sys.executable, str(REPO / "tools" / "flash.py"), "flash", "--board", self.board, "--partition",
+        command = [sys.executable, str(REPO / "tools" / "factory" / "flash.py"), "flash", "--board", self.board, "--partition",
                    self.partition, "--port", self.port, "--nvs", str(image)]
         command += (["--firmware", self.firmware] if self.firmware else []) + (["--force"] if force else [])
         print("hil: " + " ".join(command[1:]), flush=True)
         code = subprocess.run(command, cwd=REPO).returncode
         if code:
-            raise HilError("tools/flash.py exited with %d (its messages are above)" % code)
+            raise HilError("tools/factory/flash.py exited with %d (its messages are above)" % code)
 
     def lines(self, deadline):
         import serial  # pyserial, installed with mpremote
@@ -73,7 +73,7 @@ class SerialBoard:
 
 
 class SimBoard:
-    """The simulated board (tools/sim.py), its state directory playing the board's flash."""
+    """The simulated board (python -m tools.sim), its state directory playing the board's flash."""
 
     def __init__(self, state, cloud_state, settings, interp="micropython"):
         self.state, self.cloud_state, self.settings, self.interp = Path(state), cloud_state, settings, interp
@@ -88,7 +88,7 @@ class SimBoard:
         self.image = None if chosen == nvs else chosen  # None: boot with the NVS it has
 
     def lines(self, deadline):
-        command = [sys.executable, str(REPO / "tools" / "sim.py"), "--settings", str(self.settings), "--state",
+        command = [sys.executable, "-m", "tools.sim", "--settings", str(self.settings), "--state",
                    str(self.state), "--cloud-state", str(self.cloud_state), "--interp", self.interp,
                    "--max-boots", "4", "--boot-timeout", "0"]
         command += ["--nvs", str(self.image)] if self.image else []
