@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from tools.cloud import process
 from tools.cloud.state import read_console_password
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,21 +58,15 @@ class Emulator:
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True)
         self.registry = json.loads(REGISTRY.read_text())
-        args = [sys.executable, "-m", "tools.cloud", "--state", str(self.state), "--http-port", "0",
-                "--https-port", "0", "--mqtt-port", "0", "--mqtts-port", "0"]
+        args = ["--http-port", "0", "--https-port", "0", "--mqtt-port", "0", "--mqtts-port", "0"]
         for name in cert_names:
             args += ["--cert-name", name]
         self.log = open(self.state / "cloud.log", "ab")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        ports_file = self.state / "ports.json"
-        deadline = time.monotonic() + 60
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("bench: the cloud emulator did not start; see %s" % (self.state / "cloud.log"))
-            time.sleep(0.05)
-        time.sleep(0.05)  # written atomically (rename), but be sure it is complete
-        self.ports = json.loads(ports_file.read_text())
+        try:
+            self.proc, self.ports = process.start(self.state, args, self.log, timeout=60)
+        except RuntimeError as exc:
+            self.log.close()
+            raise SystemExit("bench: %s; see %s" % (exc, self.state / "cloud.log")) from None
 
     def secret(self, platform, pid):
         return self.registry[platform][pid]["secret"]
@@ -81,13 +76,7 @@ class Emulator:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)
         self.log.close()
 
 def device_settings(emu, platform, name, wifi=True):

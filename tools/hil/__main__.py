@@ -7,7 +7,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tools.factory import boards, provision  # noqa: E402
+from tools.cloud import process  # noqa: E402
 from tools.cloud.registry import load_registry  # noqa: E402
 from tools.cloud.state import CONSOLE_FILE, read_console_password, write_private  # noqa: E402
 from tools.hil.targets import HilError, SerialBoard, SimBoard  # noqa: E402
@@ -53,27 +53,21 @@ class Cloud:
         self.state.mkdir(parents=True, exist_ok=True)
         self.log_path = self.state / "cloud.log"
         self.new_password = read_console_password(self.state) is None
-        ports_file = self.state / "ports.json"
-        # --force writes a factory image: the device registers again, which an emulator that saw it
-        # activated would refuse; the check starts from a cloud that knows no device (CA kept)
-        for stale in [ports_file] + ([self.state / "devices.json"] if forget_devices else []):
-            if stale.exists():
-                stale.unlink()
-        command = [sys.executable, "-m", "tools.cloud", "--state", str(self.state), "--host", host,
-                   "--cert-name", host, "--https-port", str(reg_port), "--mqtts-port", str(mqtt_port),
-                   "--http-port", "0", "--mqtt-port", "0"]
-        say(" ".join(command[1:]))
+        devices = self.state / "devices.json"
+        if forget_devices and devices.exists():
+            # --force writes a factory image: the device registers again, which an emulator that saw it
+            # activated would refuse; the check starts from a cloud that knows no device (CA kept)
+            devices.unlink()
+        args = ["--host", host, "--cert-name", host, "--https-port", reg_port, "--mqtts-port", mqtt_port,
+                "--http-port", 0, "--mqtt-port", 0]
+        say("-m tools.cloud --state %s %s" % (self.state, " ".join(str(a) for a in args)))
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise HilError("the emulator did not start (ports %s/%s in use?); last log lines:\n%s"
-                               % (reg_port, mqtt_port, "\n".join(self.log_lines()[-10:])))
-            time.sleep(0.05)
-        self.ports = json.loads(ports_file.read_text())
+        try:
+            with open(self.log_path, "ab") as log:
+                self.proc, self.ports = process.start(self.state, args, log)
+        except RuntimeError as exc:
+            raise HilError("%s (ports %s/%s in use?); last log lines:\n%s"
+                           % (exc, reg_port, mqtt_port, "\n".join(self.log_lines()[-10:]))) from None
 
     def log_lines(self):
         """The emulator's log lines of this run."""
@@ -85,13 +79,7 @@ class Cloud:
         return any(CLOUD_LOGIN.match(line) for line in self.log_lines())
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        process.stop(self.proc)
 
 
 def board_settings(platform, host, ports, ca, wifi_ssid, wifi_pass):

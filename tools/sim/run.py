@@ -90,6 +90,7 @@ CLOUD_START_TIMEOUT = 30
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from tools.factory import nvsformat  # noqa: E402  the board's own NVS codec
+from tools.cloud import process  # noqa: E402
 from tools.factory.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
 from tools.factory.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
 
@@ -215,37 +216,19 @@ def cloud_ports(settings):
 
 
 def start_cloud(cloud_state, settings, fresh):
-    """Start the cloud emulator and wait until it has written ports.json."""
+    """Start the cloud emulator (its lines on our stdout) and wait until it has written ports.json."""
     cloud_state = Path(cloud_state).resolve()
-    cloud_state.mkdir(parents=True, exist_ok=True)
-    ports_file = cloud_state / "ports.json"
-    for stale in [ports_file] + ([cloud_state / "devices.json"] if fresh else []):
-        if stale.exists():
-            stale.unlink()
-    command = [sys.executable, "-m", "tools.cloud", "--state", str(cloud_state)] + cloud_ports(settings)
-    say("starting the cloud emulator: %s" % " ".join(command[1:]))
-    # its "cloud: ..." lines go to our stdout, unbuffered so they interleave with the board's
-    proc = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    deadline = time.monotonic() + CLOUD_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if ports_file.exists():
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop_cloud(proc)
-    raise SetupError("the cloud emulator did not get ready (ports in use by another one?)")
+    devices = cloud_state / "devices.json"
+    if fresh and devices.exists():
+        devices.unlink()
+    say("starting the cloud emulator: -m tools.cloud --state %s %s" % (cloud_state, " ".join(cloud_ports(settings))))
+    try:
+        return process.start(cloud_state, cloud_ports(settings), timeout=CLOUD_START_TIMEOUT)[0]
+    except RuntimeError as exc:
+        raise SetupError("%s (ports in use by another one?)" % exc) from None
 
 
-def stop_cloud(proc):
-    """SIGTERM the emulator; SIGKILL if it does not stop within 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop_cloud = process.stop
 
 
 class PowerSwitch:
