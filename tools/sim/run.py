@@ -69,7 +69,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
