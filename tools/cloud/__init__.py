@@ -125,5 +125,6 @@ Modules: platform.py (the interface each platform implements, the MQTT-registrat
 by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
-plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line).
+plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),
+process.py (running it as a child process: tests, bench, sim runner, make hil).
 """
