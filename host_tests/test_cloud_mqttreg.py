@@ -249,7 +249,7 @@ def test_ucloud_test_knobs(cloud):
 # -- Protco -----------------------------------------------------------------------------------
 
 def test_protco_signature_vector():
-    """PROTOCOLS.md section 4 (c)."""
+    """docs/platforms/protco.md "Test vector"."""
     assert sign("ef958e891ffa4c72ba6c64e73c5dd422", "rn014ebe0C20E122", 1662544613, "hmacSha1") == \
         "ca4ff69d9408da837ed361bd5458b9c1f92c8cbb"
 

@@ -229,7 +229,7 @@ def _assert_no_secrets(state):
 # -- tests ------------------------------------------------------------------------------------
 
 def test_signature_vectors():
-    """PROTOCOLS.md section 4 (a) and (b)."""
+    """docs/platforms/tencent.md "Test vectors"."""
     body = b'{"ProductId":"PRODUCT_ID1","DeviceName":"DEVICENAME1"}'
     assert hashlib.sha1(body).hexdigest() == "88eef715f4c42652ef51b274f174f4f81a393f75"
     assert register_signature("PRODUCT_SECRETKEY", "ap-guangzhou.gateway.tencentdevices.com",

@@ -1,4 +1,4 @@
-"""Protco rlink v2 as the emulator plays it (PROTOCOLS.md section 3): signed registration over MQTT.
+"""Protco rlink v2 as the emulator plays it (docs/platforms/protco.md): signed registration over MQTT.
 
 Both logins sign: Username "<who>|signMethod=<hmacSha256|hmacSha1>,ts=<unix s>" (method name in
 any case), Password = lowercase hex HMAC(key, "uuid=<who>,ts=<ts>"); ts must lie within

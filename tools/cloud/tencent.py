@@ -1,4 +1,4 @@
-"""Tencent Cloud IoT Explorer / IoT Hub as the emulator plays it (PROTOCOLS.md section 1).
+"""Tencent Cloud IoT Explorer / IoT Hub as the emulator plays it (docs/platforms/tencent.md).
 
 HTTP: POST /device/register (X-TC-* signature) and the legacy POST /register/dev.
 MQTT: login with a PSK signature or the issued client certificate, per-device topic rules,

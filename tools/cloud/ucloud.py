@@ -1,4 +1,4 @@
-"""UCloud UIoT Core as the emulator plays it (PROTOCOLS.md section 2): registration over MQTT.
+"""UCloud UIoT Core as the emulator plays it (docs/platforms/ucloud.md): registration over MQTT.
 
 Registration login: ClientID "<ProductSN>.<DeviceSN>", UserName "<ProductSN>|<DeviceSN>|2",
 Password = the product secret. The product must have dynamic registration on and, when it has a

@@ -1,4 +1,5 @@
-"""Protco rlink v2: the uuid login signed with the device secret, and its commands (PROTOCOLS.md §3).
+"""Protco rlink v2: the uuid login signed with the device secret, and its commands
+(docs/platforms/protco.md "Wire format").
 
 Registration is in protco_reg.py, which only the registration boot imports.
 """

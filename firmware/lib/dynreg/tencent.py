@@ -1,4 +1,4 @@
-"""Tencent IoT Explorer: the MQTT login with the device's psk or certificate (PROTOCOLS.md §1.4).
+"""Tencent IoT Explorer: the MQTT login with the device's psk or certificate (docs/platforms/tencent.md "MQTT login").
 
 Registration is in tencent_reg.py, which only the registration boot imports.
 """

@@ -1,4 +1,6 @@
-"""Tencent IoT Explorer registration over HTTP(S): /device/register and legacy /register/dev (PROTOCOLS.md §1).
+"""Tencent IoT Explorer registration over HTTP(S): /device/register and legacy /register/dev.
+
+Wire format: docs/platforms/tencent.md "Registration", "Legacy registration".
 
 Imported by the registration boot only; tencent.py has the login.
 """

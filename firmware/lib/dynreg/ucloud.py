@@ -1,4 +1,4 @@
-"""UCloud UIoT Core: the static MQTT login with the device secret (PROTOCOLS.md §2).
+"""UCloud UIoT Core: the static MQTT login with the device secret (docs/platforms/ucloud.md "Wire format").
 
 Registration is in ucloud_reg.py, which only the registration boot imports.
 """
