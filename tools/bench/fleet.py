@@ -8,14 +8,14 @@ import threading
 import time
 from pathlib import Path
 
-from tools.bench.common import FIRMWARE, PRODUCTS, REPO, SIM, TAG, Emulator, say
+from tools.bench.common import FIRMWARE, PRODUCTS, REPO, SIM, TAG, say, start_emulator
 
 
 def fleet(out, n, jitter_ms, deadline_s):
     """n devices after a power cut, without and with start-up jitter, each against a fresh emulator."""
     result = {"devices": n, "platform": "tencent", "deadline_s": deadline_s, "scenarios": {}}
     for label, jitter in (("no jitter", 0), ("jitter %d ms" % jitter_ms, jitter_ms)):
-        emu = Emulator(out / ("fleet-cloud-%d" % jitter))
+        emu = start_emulator(out / ("fleet-cloud-%d" % jitter))
         try:
             spec = {"n": n, "jitter_ms": jitter, "deadline_s": deadline_s, "port": emu.ports["https"],
                     "ca": str(emu.state / "ca.der"), "pid": PRODUCTS["tencent"],

@@ -1,4 +1,5 @@
-"""Protco rlink v2 registration: register/v2/<pid>/<unique>/register, signed with the product secret (§3).
+"""Protco rlink v2 registration: register/v2/<pid>/<unique>/register, signed with the product secret
+(docs/platforms/protco.md "Wire format").
 
 Imported by the registration boot only; protco.py has the login.
 """
