@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from tools.cloud import proc
+from tools.platforms import PLATFORMS
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
@@ -20,7 +21,8 @@ SIM = REPO / "boards" / "sim"
 UMQTT_SRC = REPO / "build" / "deps" / "frozen" / "umqtt" / "simple.py"  # what the sim runner's --umqtt frozen uses
 REGISTRY = REPO / "tools" / "cloud" / "registry.json"
 
-PRODUCTS = {"tencent": "SIMPSK0001", "ucloud": "simucloudkey0001", "protco": "simprotcokey01"}
+# Each platform's product: the one its simulated board's settings name (boards/sim/settings/<platform>.json).
+PRODUCTS = dict((p, json.loads((SIM / "settings" / (p + ".json")).read_text())["prod_id"]) for p in PLATFORMS)
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
 SUCCESS = "report 1 sent"
 

@@ -44,6 +44,14 @@ def sign(key, who, ts, method="hmacSha256"):
     return hmac.new(key.encode(), f"uuid={who},ts={ts}".encode(), HASHES[method.lower()]).hexdigest()
 
 
+OPTIONS = {"secret", "dynreg", "probe_commands", "res", "reply"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return ProtcoPlatform(products, store, args.ts_window)
+
+
 class ProtcoPlatform(MqttRegistration):
     """Registration and MQTT rules for the products under "protco" in the registry."""
 

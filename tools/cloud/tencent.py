@@ -83,6 +83,14 @@ def encrypt_payload(secret, plaintext):
     return len(plaintext), base64.b64encode(enc.update(padded) + enc.finalize()).decode()
 
 
+OPTIONS = {"secret", "dynreg", "auto_create", "auth", "devices"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return TencentPlatform(products, store, pki, args.ts_window)
+
+
 class TencentPlatform(Platform):
     """Registration and MQTT rules for the products under "tencent" in the registry."""
 

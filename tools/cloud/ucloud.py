@@ -24,6 +24,14 @@ ACTIVATED = "1"
 BAD_REQUEST = "2"
 
 
+OPTIONS = {"secret", "dynreg", "whitelist", "retcode", "reply"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return UCloudPlatform(products, store)
+
+
 class UCloudPlatform(MqttRegistration):
     """Registration and MQTT rules for the products under "ucloud" in the registry."""
 

@@ -32,10 +32,6 @@ def subscriptions(dev):
     return (_topic(dev, "issue"), _topic(dev, "report_response"))
 
 
-def after_login(dev):
-    """Nothing to do after a Protco login."""
-
-
 def report(dev, props):
     """Publish a property_report on rlink/v2/<pid>/<uuid>/report."""
     dev.seq += 1
