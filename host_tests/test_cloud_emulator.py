@@ -14,7 +14,7 @@ import time
 import pytest
 from amqtt.session import Session
 
-from cloudproc import REPO, start_emulator, stop_emulator
+from host_tests.conftest import REPO, start_cloud
 from test_cloud_tencent import SECRET as TENCENT_SECRET, Mqtt, post
 from test_cloud_mqttreg import SECRET
 from tools.cloud.__main__ import parse_args
@@ -44,9 +44,9 @@ def closed_within(sock, seconds):
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     state = tmp_path_factory.mktemp("cloud")
-    proc, ports = start_emulator(state, extra_args=["--connect-timeout", "0.5"])
-    yield ports
-    assert stop_emulator(proc) == 0
+    emu = start_cloud(state, "--connect-timeout", "0.5")
+    yield emu.ports
+    assert emu.stop() == 0
     log = (state / "cloud.log").read_text()
     assert read_console_password(state) not in log and "Traceback" not in log
 
@@ -55,21 +55,21 @@ def cloud(tmp_path_factory):
 
 def test_console_password_is_made_per_state_and_kept(tmp_path):
     assert "password" not in json.load(open(os.path.join(REPO, "tools", "cloud", "registry.json"), encoding="utf-8"))["console"]
-    proc, ports = start_emulator(tmp_path)
-    stop_emulator(proc)
+    emu = start_cloud(tmp_path)
+    emu.stop()
     first = read_console_password(tmp_path)
     assert first and len(first) >= 16
     assert stat.S_IMODE(os.stat(tmp_path / CONSOLE_FILE).st_mode) == 0o600
-    proc, ports = start_emulator(tmp_path)
+    emu = start_cloud(tmp_path)
     try:
-        client = Mqtt(ports)
+        client = Mqtt(emu.ports)
         assert client.connect("console-1", "console", first) == 0  # the same state keeps its password
         client.close()
     finally:
-        stop_emulator(proc)
+        emu.stop()
     other = tmp_path / "other"
-    proc, _ = start_emulator(other)
-    stop_emulator(proc)
+    emu = start_cloud(other)
+    emu.stop()
     assert read_console_password(other) != first
     log = (tmp_path / "cloud.log").read_text()
     assert first not in log and f"its password is in {tmp_path / CONSOLE_FILE}" in log
@@ -77,13 +77,13 @@ def test_console_password_is_made_per_state_and_kept(tmp_path):
 
 def test_console_password_given_by_the_user(tmp_path):
     given = "given-by-the-user-7f3a"
-    proc, ports = start_emulator(tmp_path, extra_args=["--console-password", given])
+    emu = start_cloud(tmp_path, "--console-password", given)
     try:
-        client = Mqtt(ports)
+        client = Mqtt(emu.ports)
         assert client.connect("console-1", "console", given) == 0
         client.close()
     finally:
-        stop_emulator(proc)
+        emu.stop()
     assert read_console_password(tmp_path) == given and given not in (tmp_path / "cloud.log").read_text()
 
 
@@ -115,18 +115,18 @@ def test_tencent_registration_replayed_after_restart_is_refused(tmp_path):
     headers = {"Content-Type": "application/json", "X-TC-Algorithm": "hmacsha256", "X-TC-Timestamp": str(ts),
                "X-TC-Nonce": str(nonce), "X-TC-Signature": register_signature(
                    TENCENT_SECRET[pid], "127.0.0.1", "/device/register", "hmacsha256", ts, nonce, body)}
-    proc, ports = start_emulator(tmp_path)
+    emu = start_cloud(tmp_path)
     try:
-        status, reply = post(ports, "/device/register", body, headers)
+        status, reply = post(emu.ports, "/device/register", body, headers)
         assert status == 200 and "Payload" in reply["Response"], reply
     finally:
-        stop_emulator(proc)
+        emu.stop()
     psk = json.loads((tmp_path / "devices.json").read_text())["tencent"][f"{pid}/replay-after-restart"]["psk"]
-    proc, ports = start_emulator(tmp_path)  # new ports, same state
+    emu = start_cloud(tmp_path)  # new ports, same state
     try:
-        status, reply = post(ports, "/device/register", body, headers)
+        status, reply = post(emu.ports, "/device/register", body, headers)
     finally:
-        stop_emulator(proc)
+        emu.stop()
     assert reply["Response"]["Error"] == {"Code": "AuthFailure.SignatureFailure",
                                           "Message": "nonce already used within the timestamp window "
                                                      "(replayed request)"}, reply
@@ -150,22 +150,22 @@ def protco_registration(ports, unique, ts, request_id="r1"):
 
 def test_protco_signature_belongs_to_its_first_device_across_restart(tmp_path):
     ts = int(time.time())
-    proc, ports = start_emulator(tmp_path)
+    emu = start_cloud(tmp_path)
     try:
-        rc, reply = protco_registration(ports, "victim01", ts)
+        rc, reply = protco_registration(emu.ports, "victim01", ts)
         assert rc == 0 and reply["res"] == 0, reply
-        assert protco_registration(ports, "thief01", ts) == (5, None)   # the captured CONNECT, another id
+        assert protco_registration(emu.ports, "thief01", ts) == (5, None)   # the captured CONNECT, another id
     finally:
-        stop_emulator(proc)
-    proc, ports = start_emulator(tmp_path)
+        emu.stop()
+    emu = start_cloud(tmp_path)
     try:
-        assert protco_registration(ports, "thief02", ts) == (5, None)   # still after a restart
-        rc, reply = protco_registration(ports, "victim01", ts)          # the device's own retry
+        assert protco_registration(emu.ports, "thief02", ts) == (5, None)   # still after a restart
+        rc, reply = protco_registration(emu.ports, "victim01", ts)          # the device's own retry
         assert rc == 0 and reply["res"] == 0, reply
-        rc, reply = protco_registration(ports, "other01", ts + 1)       # a new signature is fine
+        rc, reply = protco_registration(emu.ports, "other01", ts + 1)       # a new signature is fine
         assert rc == 0 and reply["res"] == 0, reply
     finally:
-        stop_emulator(proc)
+        emu.stop()
     records = json.loads((tmp_path / "devices.json").read_text())["protco"]
     assert sorted(records) == [f"{PR}/other01", f"{PR}/victim01"]
     assert "registration signature already used for another device id" in (tmp_path / "cloud.log").read_text()
@@ -253,14 +253,14 @@ def test_official_tencent_sdk_registers_and_logs_in(tmp_path):
     here (tools/bench/sdk.py's harness); it speaks MQTT 3.1."""
     pid = "SIMPSK0001"
     names = ["ap-guangzhou.gateway.tencentdevices.com", pid + ".iotcloud.tencentdevices.com"]
-    proc, ports = start_emulator(tmp_path / "cloud", extra_args=sum((["--cert-name", n] for n in names), []))
+    emu = start_cloud(tmp_path / "cloud", *sum((["--cert-name", n] for n in names), []))
     try:
-        spec = {"ports": ports, "pid": pid, "secret": TENCENT_SECRET[pid], "name": "sdk-0001",
+        spec = {"ports": emu.ports, "pid": pid, "secret": TENCENT_SECRET[pid], "name": "sdk-0001",
                 "dir": str(tmp_path / "sdk")}
         run = subprocess.run([sys.executable, "-m", "tools.bench", "--sdk-harness", json.dumps(spec)],
                              capture_output=True, text=True, timeout=60, cwd=REPO)
     finally:
-        stop_emulator(proc)
+        emu.stop()
     assert run.returncode == 0 and "sdk: registered" in run.stdout and "report 1 sent" in run.stdout, \
         run.stdout[-2000:] + run.stderr[-2000:]
     record = json.loads((tmp_path / "cloud" / "devices.json").read_text())["tencent"][f"{pid}/sdk-0001"]

@@ -12,7 +12,7 @@ the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (conn
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
 closes the older connection of its client id (MQTT-3.1.4-2). Three platforms are emulated:
 
-Tencent (PROTOCOLS.md section 1)
+Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
   hmacsha1, algorithm header in any case) and the legacy POST /register/dev; replies are HTTP 200
   with Tencent's JSON (errors too), the device secret or certificate AES-encrypted with the
@@ -117,7 +117,8 @@ State directory (kept across restarts; delete it to start afresh):
   seen-tencent.json,        registration signatures already used (SHA-256 digests, 0600), kept for
   seen-protco.json          twice --ts-window, so that a replay is refused after a restart too
 
-For a real board on the LAN: --host 0.0.0.0 --cert-name <this PC's LAN IP>, and give the board
+For a real board on the LAN: `make hil` (tools/hil) does it all; by hand, --host <this PC's LAN IP>
+--cert-name <that IP>, and give the board
 that IP as registration and MQTT host. Log lines on stdout start with "cloud: " and never carry
 secrets. Stop with Ctrl-C or SIGTERM.
 
@@ -126,5 +127,5 @@ by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),
-process.py (running it as a child process: tests, bench, sim runner, make hil).
+proc.py (running it as a child process: tests, bench, sim runner, make hil).
 """

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -11,12 +12,10 @@ import sys
 from .broker import CloudBroker, broker_config
 from .certs import Pki
 from .http import start_servers
+from ..platforms import PLATFORMS
 from .platform import ConsolePlatform, log
-from .protco import ProtcoPlatform
 from .registry import Console, DeviceStore, load_registry
-from .state import CONSOLE_FILE, SeenOnce, console_password
-from .tencent import TencentPlatform
-from .ucloud import UCloudPlatform
+from .state import CONSOLE_FILE, console_password
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -112,14 +111,10 @@ def main(argv=None):
         log(f"generated {made}")
     store = DeviceStore(os.path.join(state, "devices.json"))
     products = registry.products
-    # a signed request may come back until its timestamp leaves the window on either side
-    keep = 2 * (args.ts_window or 600)
-    platforms = [ConsolePlatform(_console(registry, state, args.console_password), args.console_over_tcp),
-                 TencentPlatform(products.get("tencent", {}), store, pki, args.ts_window,
-                                 SeenOnce(os.path.join(state, "seen-tencent.json"), keep)),
-                 UCloudPlatform(products.get("ucloud", {}), store),
-                 ProtcoPlatform(products.get("protco", {}), store, args.ts_window,
-                                SeenOnce(os.path.join(state, "seen-protco.json"), keep))]
+    # one module per platform, tools/cloud/<platform>.py, each with emulate() (the firmware's list)
+    platforms = [ConsolePlatform(_console(registry, state, args.console_password), args.console_over_tcp)] + [
+        importlib.import_module(__package__ + "." + name).emulate(products.get(name, {}), store, pki, args)
+        for name in PLATFORMS]
     routes = {}
     for platform in platforms:
         routes.update(platform.http_routes())

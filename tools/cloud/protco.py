@@ -1,4 +1,4 @@
-"""Protco rlink v2 as the emulator plays it (PROTOCOLS.md section 3): signed registration over MQTT.
+"""Protco rlink v2 as the emulator plays it (docs/platforms/protco.md): signed registration over MQTT.
 
 Both logins sign: Username "<who>|signMethod=<hmacSha256|hmacSha1>,ts=<unix s>" (method name in
 any case), Password = lowercase hex HMAC(key, "uuid=<who>,ts=<ts>"); ts must lie within
@@ -36,6 +36,7 @@ import time
 
 from .platform import (ATTRIBUTES, DEVICE, RECORD, MqttRegistration, Refused, Registration,
                        RegistrationRefused, compact, json_object, log, same, shown)
+from .state import seen_signatures
 
 HASHES = {"hmacsha256": hashlib.sha256, "hmacsha1": hashlib.sha1}
 USERNAME = re.compile(r"([^|]+)\|signMethod=([^,]*),ts=(\d{1,12})")
@@ -49,6 +50,14 @@ PROBED = ATTRIBUTES + "protco_probed"      # session attribute: the commands hav
 def sign(key, who, ts, method="hmacSha256"):
     """Lowercase hex HMAC(key as ASCII, "uuid=<who>,ts=<ts>") with hmacSha256 or hmacSha1."""
     return hmac.new(key.encode(), f"uuid={who},ts={ts}".encode(), HASHES[method.lower()]).hexdigest()
+
+
+OPTIONS = {"secret", "dynreg", "probe_commands", "res", "reply"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return ProtcoPlatform(products, store, args.ts_window, seen_signatures(args, "protco"))
 
 
 class ProtcoPlatform(MqttRegistration):

@@ -53,6 +53,12 @@ def read_console_password(state_dir):
         return None
 
 
+def seen_signatures(args, platform):
+    """The platform's used signatures (state dir seen-<platform>.json), kept while a signed request may
+    come back: its timestamp may lie --ts-window (600 s when unchecked) on either side of now."""
+    return SeenOnce(os.path.join(os.path.abspath(args.state), "seen-%s.json" % platform), 2 * (args.ts_window or 600))
+
+
 class SeenOnce:
     """Registration signatures already used, kept for `keep` seconds, on disk.
 

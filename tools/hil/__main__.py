@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tools.factory import boards, provision  # noqa: E402
-from tools.cloud import process  # noqa: E402
+from tools.cloud.proc import Emulator, EmulatorError  # noqa: E402
 from tools.cloud.registry import load_registry  # noqa: E402
 from tools.cloud.state import CONSOLE_FILE, read_console_password, write_private  # noqa: E402
 from tools.hil.targets import HilError, SerialBoard, SimBoard  # noqa: E402
@@ -63,11 +63,10 @@ class Cloud:
         say("-m tools.cloud --state %s %s" % (self.state, " ".join(str(a) for a in args)))
         self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         try:
-            with open(self.log_path, "ab") as log:
-                self.proc, self.ports = process.start(self.state, args, log)
-        except RuntimeError as exc:
-            raise HilError("%s (ports %s/%s in use?); last log lines:\n%s"
-                           % (exc, reg_port, mqtt_port, "\n".join(self.log_lines()[-10:]))) from None
+            self.emulator = Emulator.start(self.state, args, log=self.log_path)
+        except EmulatorError as exc:
+            raise HilError(str(exc)) from None
+        self.ports = self.emulator.ports
 
     def log_lines(self):
         """The emulator's log lines of this run."""
@@ -79,7 +78,7 @@ class Cloud:
         return any(CLOUD_LOGIN.match(line) for line in self.log_lines())
 
     def stop(self):
-        process.stop(self.proc)
+        self.emulator.stop()
 
 
 def board_settings(platform, host, ports, ca, wifi_ssid, wifi_pass):

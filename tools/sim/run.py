@@ -88,8 +88,8 @@ CLOUD_START_TIMEOUT = 30
 # The settings format belongs to tools/factory/provision.py, which makes the factory images of real boards.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from tools.cloud.proc import Emulator, EmulatorError  # noqa: E402
 from tools.factory import nvsformat  # noqa: E402  the board's own NVS codec
-from tools.cloud import process  # noqa: E402
 from tools.factory.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
 from tools.factory.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
 
@@ -215,19 +215,17 @@ def cloud_ports(settings):
 
 
 def start_cloud(cloud_state, settings, fresh):
-    """Start the cloud emulator (its lines on our stdout) and wait until it has written ports.json."""
+    """Start the cloud emulator (tools/cloud/proc.py) where the settings point the device, wait until it is ready."""
     cloud_state = Path(cloud_state).resolve()
     devices = cloud_state / "devices.json"
     if fresh and devices.exists():
         devices.unlink()
     say("starting the cloud emulator: -m tools.cloud --state %s %s" % (cloud_state, " ".join(cloud_ports(settings))))
     try:
-        return process.start(cloud_state, cloud_ports(settings), timeout=CLOUD_START_TIMEOUT)[0]
-    except RuntimeError as exc:
-        raise SetupError("%s (ports in use by another one?)" % exc) from None
-
-
-stop_cloud = process.stop
+        # its "cloud: ..." lines go to our stdout, unbuffered so they interleave with the board's
+        return Emulator.start(cloud_state, cloud_ports(settings), timeout=CLOUD_START_TIMEOUT)
+    except EmulatorError as exc:
+        raise SetupError(str(exc)) from None
 
 
 class PowerSwitch:
@@ -382,7 +380,7 @@ def main(argv=None):
         return EXIT_USAGE
     finally:
         if cloud is not None:
-            stop_cloud(cloud)
+            cloud.stop()
 
 
 if __name__ == "__main__":
