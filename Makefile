@@ -62,7 +62,6 @@ fact = $(or $(shell $(PYTHON) tools/factory/boards.py "$(BOARD)" $(1) --partitio
 real_board = $(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(call fact,chip)),$(error BOARD=$(BOARD) has no serial port: boot an image with python -m tools.sim --nvs IMAGE))
 ESPTOOL_AT = $(ESPTOOL) --chip $(call fact,chip) --port $(PORT) --baud $(BAUD)
 BACKUP    = build/nvs-backup/$(notdir $(PORT)).bin
-NVS_WRITE = build/nvs-backup/$(notdir $(PORT)).write.bin
 # lib/dynreg goes to the board compiled by mpy-cross -O3 (tools/factory/flash.py stage), as `make bench` measures it.
 define deploy_cmds
 	$(PY) tools/factory/flash.py stage
@@ -71,12 +70,7 @@ endef
 
 flash: setup  ## backup NVS, firmware, NVS (keeps a device secret unless FORCE=1), files: BOARD= PORT= [FIRMWARE=] [NVS=] [PARTITION=ota]
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)$(if $(FIRMWARE),$(if $(wildcard $(FIRMWARE)),,$(error FIRMWARE=$(FIRMWARE) not found)))$(if $(NVS),$(if $(wildcard $(NVS)),,$(error NVS=$(NVS) not found)))
-	@mkdir -p build/nvs-backup
-	$(ESPTOOL_AT) --after no-reset read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(BACKUP)
-	$(PY) tools/factory/flash.py choose-nvs --board $(BOARD) --partition $(PARTITION) --backup $(BACKUP)$(if $(NVS), --nvs $(NVS))$(if $(FORCE), --force) --out $(NVS_WRITE)
-	$(if $(FIRMWARE),$(ESPTOOL_AT) --after no-reset write-flash $(call fact,firmware_offset) $(FIRMWARE),@echo "flash: no FIRMWARE= given: the board keeps its MicroPython")
-	$(ESPTOOL_AT) write-flash $(call fact,nvs_offset) $(NVS_WRITE)
-	$(deploy_cmds)
+	$(PY) tools/factory/flash.py flash --board $(BOARD) --partition $(PARTITION) --port $(PORT) --baud $(BAUD) --backup $(BACKUP)$(if $(FIRMWARE), --firmware $(FIRMWARE))$(if $(NVS), --nvs $(NVS))$(if $(FORCE), --force)
 
 deploy: setup  ## copy boot.py, main.py and lib/dynreg to the board with mpremote: PORT=
 	$(call need,PORT,the serial port e.g. /dev/ttyUSB0)

@@ -5,17 +5,17 @@ No ESP32 here: hardware paths are checked as a user runs them, through `make -n`
 """
 import base64
 import csv
-import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
 
 from host_tests.conftest import PYTHON, REPO, SIM_RUNNER, WIFI
-from tools.factory import boards, flash, nvsformat, provision
+from tools.factory import boards, nvsformat, provision
 from tools.sim import run as sim
 
 REAL_BOARDS = {  # board -> (chip, firmware offset)
@@ -263,50 +263,53 @@ def test_error_other_input(tmp_path, ca_pem):
            extra=("--flash", "/dev/null", "--dry-run"), ca=ca_pem)
 
 
-# --------------------------------------------------------------------------- make -n flash
+# --------------------------------------------------------------------------- make flash = the flash tool
 
 def _steps(text):
-    """The board-touching commands of a recipe, in order, without the interpreter path."""
-    steps = []
-    for line in text.splitlines():
-        m = re.search(r"-m (esptool|mpremote) (.*)$", line) or re.search(r"tools/factory/flash\.py (choose-nvs .*)$", line)
-        if m:
-            steps.append(" ".join(m.groups()) if m.lastindex == 2 else m.group(1))
-    return steps
+    """The board-touching commands of a dry run, in order, without the interpreter path."""
+    return [" ".join(m.groups()) for m in re.finditer(r"-m (esptool|mpremote) (.*)$", text, re.M)]
+
+
+def _flash_dry_run(*make_args):
+    """`make -n flash ARGS`: the one command it runs (the flash tool), then that command with --dry-run."""
+    proc = make_n("flash", *make_args)
+    assert proc.returncode == 0, proc.stderr
+    assert "esptool" not in proc.stdout and "mpremote" not in proc.stdout  # no sequence of its own
+    lines = [line for line in proc.stdout.splitlines() if "tools/factory/flash.py flash " in line]
+    assert len(lines) == 1, proc.stdout
+    command = shlex.split(lines[0])
+    assert command[0].endswith("/python") and command[1] == "tools/factory/flash.py"
+    dry = subprocess.run([PYTHON] + command[1:] + ["--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    return command[2:], dry
 
 
 @pytest.mark.parametrize("name", sorted(REAL_BOARDS))
-def test_make_n_flash_offsets_and_order(tmp_path, name):
+def test_make_flash_runs_the_flash_tool(tmp_path, name):
     chip, fw = REAL_BOARDS[name]
     firmware = tmp_path / "micropython.bin"
     firmware.write_bytes(b"\xe9")
     factory = tmp_path / "dev-0001.bin"
     factory.write_bytes(provision.build_image({"platform": "tencent"}))
-    proc = make_n("flash", "BOARD=" + name, "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % firmware, "NVS=%s" % factory)
-    assert proc.returncode == 0, proc.stderr
+    args, dry = _flash_dry_run("BOARD=" + name, "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % firmware, "NVS=%s" % factory)
+    assert args == ["flash", "--board", name, "--partition", "default", "--port", "/dev/ttyUSB0", "--baud", "460800",
+                    "--backup", "build/nvs-backup/ttyUSB0.bin", "--firmware", str(firmware), "--nvs", str(factory)]
     esp = "esptool --chip %s --port /dev/ttyUSB0 --baud 460800" % chip
-    assert _steps(proc.stdout) == [
+    assert [re.sub(r"\S*(build/deploy/lib|firmware/(boot|main)\.py)", r"\1", s) for s in _steps(dry.stdout)] == [
         "%s --after no-reset read-flash 0x9000 0x6000 build/nvs-backup/ttyUSB0.bin" % esp,          # (a)
-        "choose-nvs --board %s --partition default --backup build/nvs-backup/ttyUSB0.bin --nvs %s "
-        "--out build/nvs-backup/ttyUSB0.write.bin" % (name, factory),                                 # (b)
         "%s --after no-reset write-flash %s %s" % (esp, fw, firmware),                                # (c)
         "%s write-flash 0x9000 build/nvs-backup/ttyUSB0.write.bin" % esp,                              # (d)
         "mpremote connect /dev/ttyUSB0 cp -r build/deploy/lib : + cp firmware/boot.py firmware/main.py :",  # (e)
     ]
-    # the OTA layout: NVS still at 0x9000, 0x4000 long; FORCE=1 reaches the decision
-    proc = make_n("flash", "BOARD=" + name, "PARTITION=ota", "PORT=/dev/ttyUSB0", "FORCE=1")
-    steps = _steps(proc.stdout)
-    assert steps[0].endswith("read-flash 0x9000 0x4000 build/nvs-backup/ttyUSB0.bin")
-    assert "--partition ota" in steps[1] and steps[1].endswith("--force --out build/nvs-backup/ttyUSB0.write.bin")
-    assert not [s for s in steps if re.search(r"write-flash 0x(1000|0) ", s)]  # no FIRMWARE=: firmware kept
-    assert "write-flash 0x9000" in steps[2]
-    # the flash tool's dry run runs the same steps
-    dry = tool("flash", "flash", "--board", name, "--port", "/dev/ttyUSB0", "--firmware", firmware, "--nvs", factory,
-               "--backup", "build/nvs-backup/ttyUSB0.bin", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    want = _steps(make_n("flash", "BOARD=" + name, "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % firmware,
-                         "NVS=%s" % factory).stdout)
-    assert [re.sub(r"\S*(build/deploy/lib|firmware/(boot|main)\.py)", r"\1", s) for s in _steps(dry.stdout)] == want
+    assert "# (d) will write %s" % factory in dry.stdout  # (b): no backup yet, a blank board takes the factory image
+    # the OTA layout: NVS still at 0x9000, 0x4000 long; FORCE=1 and BAUD= reach the tool; no FIRMWARE=: kept
+    args, dry = _flash_dry_run("BOARD=" + name, "PARTITION=ota", "PORT=/dev/ttyUSB0", "FORCE=1", "BAUD=115200")
+    assert args[args.index("--partition") + 1] == "ota" and args[-1] == "--force" and "115200" in args
+    steps = _steps(dry.stdout)
+    assert steps[0].endswith("--baud 115200 --after no-reset read-flash 0x9000 0x4000 build/nvs-backup/ttyUSB0.bin")
+    assert not [s for s in steps if re.search(r"write-flash 0x(1000|0) ", s)]
+    assert steps[1].endswith("write-flash 0x9000 build/nvs-backup/ttyUSB0.write.bin")
+    assert "no firmware given: the board keeps its MicroPython" in dry.stderr
 
 
 def test_make_n_other_targets(tmp_path):
