@@ -114,7 +114,7 @@ class Run:
 def board(tmp_path, cloud, interp):
     """board(settings, fresh=True, **runner options) -> Run; checks no secret reached the output."""
 
-    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None):
+    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None, firmware=None):
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(settings))
         args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", interp,
@@ -124,6 +124,8 @@ def board(tmp_path, cloud, interp):
             args.append("--fresh")
         if mac:
             args += ["--mac", mac]
+        if firmware:
+            args += ["--firmware", str(firmware)]
         proc = subprocess.run(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         result = Run(proc)
