@@ -51,7 +51,7 @@ def test_platform_has_every_part(platform):
         assert reg.get(name) == params, "%s: %s(%s)" % (parts["registration module"], name, ", ".join(params))
 
     emulator = importlib.import_module("tools.cloud." + platform)
-    assert callable(emulator.emulate) and {"secret", "dynreg"} <= emulator.OPTIONS
+    assert callable(emulator.emulate) and {"secret", "dynreg"} <= emulator.OPTIONS and emulator.ROUND_TRIPS >= 1
 
     settings = provision.read_settings(REPO / parts["settings file"])
     assert settings["platform"] == platform

@@ -84,6 +84,7 @@ def encrypt_payload(secret, plaintext):
 
 
 OPTIONS = {"secret", "dynreg", "auto_create", "auth", "devices"}  # a product's options in the registry
+ROUND_TRIPS = 1  # the fewest a registration takes: one HTTP exchange
 
 
 def emulate(products, store, pki, args):
