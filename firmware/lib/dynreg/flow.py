@@ -6,7 +6,7 @@ import time
 
 import machine
 
-from dynreg import ConfigError, DynregError, log, net
+from dynreg import ConfigError, DynregError, log, net, shown
 from dynreg.store import Store, is_null
 
 
@@ -14,6 +14,11 @@ def backoff_ms(attempt, base_ms, cap_ms):
     """Capped exponential back-off with jitter: a random wait in [d/2, d], d = min(cap, base * 2^(attempt-1))."""
     d = min(cap_ms, base_ms << min(attempt - 1, 20))
     return d // 2 + random.getrandbits(20) % (d // 2 + 1)
+
+
+def broker(st, host, ctx):
+    """(host, port) of the MQTT broker: NVS mqtt_host/mqtt_port, else `host` and 8883 (1883 without TLS)."""
+    return st.text("mqtt_host") or host, st.int("mqtt_port", 1883 if ctx is None else 8883)
 
 
 def _attempt(st, platform, name, ctx):
@@ -34,16 +39,13 @@ def _attempt(st, platform, name, ctx):
         machine.reset()
     from dynreg.device import Device
 
-    plat = __import__("dynreg." + platform, None, None, ["login"])
-    dev = Device(plat, *plat.login(st, name, ctx))
+    dev = Device(st, __import__("dynreg." + platform, None, None, ["login"]), name, ctx)  # logs in
     log("mqtt: logged in")
     if st.int("forget_prod", 0) and st.get("prod_secret"):
         # The device secret works; a board captured later must not reveal the whole product line's secret.
         st.erase("prod_secret")
         st.commit()
         log("product secret erased from NVS (forget_prod=1)")
-    dev.subscribe(plat.subscriptions(dev))
-    plat.after_login(dev)
     return dev
 
 
@@ -78,7 +80,7 @@ def run():
         except ConfigError:
             raise
         except Exception as e:  # noqa: a field device must survive any failure and try again
-            why = "%s: %s" % (type(e).__name__, e)
+            why = shown("%s: %s" % (type(e).__name__, e), 160)
         gc.collect()
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))

@@ -50,8 +50,12 @@ class Store:
 
     def need(self, key):
         """Return a text setting that must be present, or raise ConfigError naming it."""
-        v = self.text(key)
-        if v is None:
+        return self.secret(key).decode()
+
+    def secret(self, key):
+        """Return a blob that must be present (and not empty) as bytes: secrets never become str."""
+        v = self.get(key)
+        if not v:
             raise ConfigError("NVS key %r is missing" % key)
         return v
 
