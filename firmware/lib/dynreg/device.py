@@ -42,7 +42,8 @@ class Device:
         self.reconnects = 0  # connections re-made in place since boot
         self._unacked = None  # [packet id, PUBLISH bytes, resent] of the QoS 1 message awaiting its PUBACK
         self._want = self._got = None
-        self._tries = 0  # failed reconnects in a row
+        self._tries = 0  # failed reconnects (or connections lost before their SUBACK) in a row
+        self._ok = False  # the current connection had its SUBACK
         self._next = self._sent = self._ping = 0
         self._login()
 
@@ -52,7 +53,7 @@ class Device:
         gc.collect()
         self.client, self.product, self.ident = self.plat.login(self.st, self.name, self.ctx, self.keepalive)
         self._sent, self._ping = time.ticks_ms(), 0
-        self.online = True
+        self.online, self._ok = True, False
         self.mid = self.mid % 65535 + 1
         topics = self.plat.subscriptions(self)
         self._suback = self.mid, len(topics)
@@ -63,12 +64,15 @@ class Device:
         self.plat.after_login(self)
 
     def _lost(self, why):
-        """Close a broken connection; the next poll()/publish() makes it again."""
+        """Close a broken connection; the next poll()/publish() makes it again, at once if it had worked
+        (its SUBACK came), else after the back-off, so a broker that drops every login is not hammered."""
         try:
             self.client.sock.close()
         except Exception:  # noqa: it is broken already
             pass
-        self._next = time.ticks_ms()  # the first try at once: a single drop is usually the link
+        if not self._ok:
+            self._tries += 1
+        self._next = time.ticks_add(time.ticks_ms(), backoff_ms(self._tries, *self.retry) if self._tries else 0)
         if self.online:
             self.online = False
             log("mqtt: connection lost (%s); reconnecting" % shown(why, 96))
@@ -94,7 +98,8 @@ class Device:
             log("mqtt: reconnect %d failed (%s); retrying in %d ms"
                 % (self._tries, shown("%s: %s" % (type(e).__name__, e), 128), wait))
             return False
-        self._tries = 0
+        if not self.online:  # lost again at once (after_login's publish)
+            return False
         self.reconnects += 1
         log("mqtt: online again (reconnect %d)" % self.reconnects)
         if self.on_state:
@@ -167,6 +172,7 @@ class Device:
                 raise DynregError("malformed SUBACK")
             if b"\x80" in body[2:]:
                 log("the broker refused a subscription")
+            self._ok, self._tries = True, 0  # this connection works
         return None
 
     def _deliver(self, topic, msg):
@@ -240,7 +246,8 @@ class Device:
                 self._send(msg, topic)
         except Exception as e:  # noqa: as in poll(): the connection is made again
             self._lost("%s: %s" % (type(e).__name__, e))
-            return False
+            if not qos:
+                return False  # a QoS 1 message goes out with the reconnect, inside the wait below
         if qos:
             self.poll(self.ack_ms, True)
             return self._unacked is None

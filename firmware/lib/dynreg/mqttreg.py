@@ -9,6 +9,7 @@ request's id arrives; other messages are ignored. The registration boot never im
 import binascii
 import json
 import os
+import time
 
 from dynreg import DynregError, log, mqtt
 
@@ -33,10 +34,11 @@ def reply(kind, body, topic):
     return r
 
 
-def exchange(s, topic, reply_topic, id_key, request, until):
+def exchange(s, topic, reply_topic, id_key, request, until, timeout_ms=5000):
     """On the logged-in (non-blocking) stream `s`: subscribe to `reply_topic`, publish the dict `request`
     on `topic` with a fresh random id under `id_key`, and return the first reply carrying that id.
-    Raises DynregError at ticks_ms `until`, however slowly the broker sends; closes `s` either way."""
+    Raises DynregError after timeout_ms, or at ticks_ms `until` if sooner, however slowly the broker
+    sends; closes `s` either way."""
     rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
     want = reply_topic.encode()
     try:
@@ -46,8 +48,15 @@ def exchange(s, topic, reply_topic, id_key, request, until):
         s.write(mqtt.subscribe(1, (reply_topic,)) + request)
         s.setblocking(False)
         request = None
+        wait = min(timeout_ms, time.ticks_diff(until, time.ticks_ms()))
+        end = time.ticks_add(time.ticks_ms(), wait)
         while True:
-            kind, body = mqtt.read(s, MAX_PACKET, None, until)
+            try:
+                kind, body = mqtt.read(s, MAX_PACKET, None, end)
+            except DynregError:
+                if time.ticks_diff(end, time.ticks_ms()) <= 0:
+                    raise DynregError("no registration reply within %d ms" % wait)
+                raise
             if kind == 0x90 and body[-1:] == b"\x80":
                 raise DynregError("the broker refused the subscription to %s" % reply_topic)
             r = reply(kind, body, want)
