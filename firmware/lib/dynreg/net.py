@@ -88,12 +88,11 @@ def deadline(ms):
 
 def why(e):
     """One line naming what went wrong in a socket or TLS exception (MicroPython's TLS errors span lines)."""
-    text = str(e)
-    if "VERIFY" in text.upper():
-        return "certificate verify failed"
-    if getattr(e, "errno", None) == _ETIMEDOUT or "timed out" in text:
+    if isinstance(e, ValueError):  # mbedTLS's failed verification, one reason a line
+        return "certificate verify failed: " + shown("; ".join(r for r in str(e).split("\n") if r), 120)
+    if getattr(e, "errno", None) == _ETIMEDOUT:
         return "timed out"
-    return shown(text.split("\n")[0])
+    return shown(e, 96)
 
 
 def open_socket(host, port, ctx=None, timeout=10, step="net"):
@@ -129,23 +128,29 @@ def open_socket(host, port, ctx=None, timeout=10, step="net"):
     return s
 
 
-def read(s, n, until, step="net"):
-    """n bytes of stream `s` (fewer only at EOF), by ticks_ms `until` however slowly they come.
+def read(s, n, until, step="net", idle_ms=10000):
+    """n bytes of stream `s` (fewer only at EOF), by ticks_ms `until` however slowly they come, and with
+    no gap over idle_ms (the socket timeout it replaces).
 
     `s` is non-blocking (read() gives None while nothing came), so one slow byte at a time cannot
-    stretch the wait; `until` None waits as the stream does. DynregError naming `step` at the deadline.
+    stretch the wait; `until` None waits as the stream does. DynregError naming `step` past either.
     """
     if until is None:
         return s.read(n)
     buf = b""
+    last = time.ticks_ms()
     while len(buf) < n:
         d = s.read(n - len(buf))
         if d is None:
-            if time.ticks_diff(until, time.ticks_ms()) <= 0:
+            now = time.ticks_ms()
+            if time.ticks_diff(until, now) <= 0:
                 raise DynregError("%s: no complete answer before the deadline" % step)
+            if time.ticks_diff(now, last) > idle_ms:
+                raise DynregError("%s: timed out (nothing for %d ms)" % (step, idle_ms))
             time.sleep_ms(5)
         elif not d:
             break
         else:
             buf += d
+            last = time.ticks_ms()
     return buf
