@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 
-from host_tests.conftest import PYTHON, REPO, WIFI
+from host_tests.conftest import PYTHON, REPO, SIM_RUNNER, WIFI
 
 APP = """
 import gc
@@ -62,7 +62,7 @@ class Board:
         (fw / "main.py").write_text(APP.replace("PERIOD_MS", str(period_ms)))
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(settings))
-        args = [PYTHON, str(REPO / "tools" / "sim.py"), "--settings", str(path), "--interp", interp,
+        args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", interp,
                 "--firmware", str(fw), "--state", str(tmp_path / "board"), "--cloud-state", str(cloud_state),
                 "--max-boots", str(max_boots), "--boot-timeout", "0", "--fresh"]
         if heapsize:
