@@ -6,6 +6,7 @@ Every case waits on events (the board's log lines, packets the proxy forwarded),
 """
 
 import json
+import re
 import socket
 import struct
 import threading
@@ -45,7 +46,7 @@ def settled(proxy, board):
 def recovers(proxy, board, after, why):
     """One 'connection lost' line naming `why` since `after`, then online again on a new connection."""
     line = board.wait_line(r"dynreg: mqtt: connection lost \((.*)\); reconnecting", after)
-    assert why in line.group(1), line.group(0)
+    assert re.search(why, line.group(1)), line.group(0)
     board.wait_line(r"dynreg: mqtt: online again", after)
     m = board.mark()
     board.wait_line(r"app: report \d+ acked", m)  # and the runtime works on the new connection
@@ -56,9 +57,9 @@ def recovers(proxy, board, after, why):
 HOSTILE = [  # (case, bytes for the board, what the lost-connection line names; None: stays online)
     ("suback-200-bytes", packet(0x90, b"\x00\x01" + bytes(198)), "malformed SUBACK"),
     ("pingresp-length-1", packet(0xD0, b"\x00"), "malformed PINGRESP"),
-    ("qos2-publish", packet(0x34, _s("t") + b"\x00\x07" + b"x"), "QoS 2 PUBLISH"),
+    ("qos2-publish", packet(0x34, _s("t") + b"\x00\x07" + b"x"), r"QoS 2 PUBLISH"),
     ("unknown-type", packet(0xF0, b""), "unexpected packet 0xf0"),
-    ("publish-announcing-100MB", b"\x30\x80\xc2\xd7\x2f" + bytes(64), "deadline"),
+    ("publish-announcing-100MB", b"\x30\x80\xc2\xd7\x2f" + bytes(64), "deadline|timed out"),
 ]
 
 
@@ -94,7 +95,7 @@ def test_hostile_packets_after_login(cloud, tmp_path, interp):
         threading.Thread(target=_trickle, args=(proxy, conn, slow), daemon=True).start()
         board.wait_line(r"dynreg: mqtt: connection lost", mark)
         assert time.monotonic() - t0 < 0.3 + 10 + 3, "a trickled packet held poll() too long"
-        recovers(proxy, board, mark, "deadline")
+        recovers(proxy, board, mark, "deadline|timed out")
         assert board.boots() == 2 and board.count("registering") == 1, board.out  # no reboot after login
     finally:
         assert board.stop(), "the board's process ended:\n" + board.out
