@@ -127,18 +127,21 @@ class Soak:
         self.counts["drops"] += 1
 
     def retained(self):
-        """A retained oversized downlink: skipped at the resubscribe after a cut, then cleared."""
+        """A retained oversized downlink while the board is subscribed, then a cut: skipped (the live copy;
+        amqtt replays retained messages of "$" topics to no one, so the replay at every subscribe is
+        test_runtime's UCloud case), online again."""
         from host_tests.test_cloud_tencent import Mqtt
 
         con = Mqtt(self.ports)
         assert con.connect("soak-console", self.registry["console"]["username"],
                            self.registry["console"]["password"]) == 0
         try:
+            mark = self.board.mark()
+            self.settled()
             con._send(0x33, _s(self.topic("down")) + b"\x00\x01" + b"r" * 50_000)
             assert con.read()[0] == 0x40
-            mark = self.board.mark()
+            self.board.wait_line(r"dynreg: mqtt: skipped a 500\d\d-byte packet \(type 0x3[01]\)", mark)
             self.cut_now()
-            self.board.wait_line(r"dynreg: mqtt: skipped a 500\d\d-byte packet \(type 0x31\)", mark)
         finally:
             con._send(0x31, _s(self.topic("down")))
             con.sock.close()

@@ -3,8 +3,9 @@ board is online again in the same process, against today's recovery (a reboot an
 in use after each reconnect (MicroPython gc.mem_alloc() after a collection).
 
 A TCP proxy between board and emulator (TLS passes through; the board still verifies the emulator)
-closes the connection; the board's program (programs/reconnect_main.py) prints "bench-online N HEAP"
-each time it is online. The reboot + login is the same registered board booted again from its NVS
+closes the connection; the time runs to the board's "mqtt: online again" line. The board's program
+(programs/reconnect_main.py) then reports at QoS 1 and prints "bench-ready N HEAP" once acknowledged:
+the next drop comes only then, so every drop hits a working connection. The reboot + login is the same registered board booted again from its NVS
 (the sim runner, the shipped main.py), timed from "[sim] boot 1" to "mqtt: logged in".
 """
 import os
@@ -19,7 +20,8 @@ import time
 
 from tools.bench.common import REPO, device_settings, fresh_name, run_board, run_timed, say
 
-ONLINE = re.compile(r"bench-online (\d+) (\d+)")
+READY = re.compile(r"bench-ready (\d+) (\d+)")
+ONLINE = re.compile(r"dynreg: mqtt: online again \(reconnect (\d+)\)")
 
 
 class DropProxy:
@@ -97,25 +99,30 @@ def reconnects(out, emu, drops, platform="tencent"):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env=dict(os.environ, DYNREG_BENCH_NVS=str(state / "bench-nvs.json")))
     lines, times, heaps = [], [], {}
+    started = time.monotonic()
     try:
-        def online(n, timeout=60):
+        def wait(rx, n, timeout=60):
+            """Arrival time of the line `rx` matches with count n (the heap goes to heaps[n] if given)."""
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 line = proc.stdout.readline()
                 if not line:
                     break
-                lines.append(line)
-                m = ONLINE.search(line)
+                lines.append("%8.3f %s" % (time.monotonic() - started, line))
+                m = rx.search(line)
                 if m and int(m.group(1)) == n:
-                    heaps[n] = int(m.group(2))
+                    if m.lastindex == 2:
+                        heaps[n] = int(m.group(2))
                     return time.monotonic()
-            raise RuntimeError("reconnect bench: not online (%d) again:\n%s" % (n, "".join(lines[-40:])))
+            raise RuntimeError("reconnect bench: no %r %d:\n%s" % (rx.pattern, n, "".join(lines[-40:])))
 
-        online(0)
+        wait(READY, 0)
         for n in range(1, drops + 1):
             t0 = time.monotonic()
+            lines.append("%8.3f [bench] drop\n" % (t0 - started))
             proxy.drop()
-            times.append((online(n) - t0) * 1000)
+            times.append((wait(ONLINE, n) - t0) * 1000)
+            wait(READY, n)  # the new connection works (its QoS 1 report acknowledged): drop it next
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

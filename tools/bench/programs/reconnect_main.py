@@ -1,21 +1,17 @@
 # bench: reconnects in place. The bench drops the board's connection (its proxy closes both sides);
-# each time the board is online again it prints the count and, under MicroPython, the heap in use
-# after a collection.
+# after each login the board sends a QoS 1 report and, once it is acknowledged (the connection works:
+# its SUBACK came first), prints "bench-ready N HEAP": N reconnects so far, HEAP the MicroPython heap
+# in use after a collection.
 import gc
 
 import dynreg
 
 dev = dynreg.connect()
 mem = getattr(gc, "mem_alloc", lambda: 0)
-
-
-def state(online):
-    if online:
-        gc.collect()
-        print("bench-online %d %d" % (dev.reconnects, mem()))
-
-
-dev.on_state = state
-state(True)
+ready = -1
 while True:
-    dev.poll(1000)
+    if dev.online and dev.reconnects != ready and dev.report({"n": dev.reconnects}, 1):
+        ready = dev.reconnects
+        gc.collect()
+        print("bench-ready %d %d" % (ready, mem()))
+    dev.poll(50)  # short: the report after a reconnect goes out soon
