@@ -12,40 +12,9 @@ newest connection between two broker packets. `upstream` may change (an emulator
 import socket
 import threading
 
+from host_tests.test_hostile import packet, read_packet  # noqa: F401  (packet: for the tests' injections)
+
 UP, DOWN = "up", "down"
-
-
-def recv_exact(sock, n):
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("closed")
-        buf += chunk
-    return buf
-
-
-def read_packet(sock):
-    """(first byte, body) of one MQTT packet from a blocking socket."""
-    first = recv_exact(sock, 1)[0]
-    n = shift = 0
-    while True:
-        b = recv_exact(sock, 1)[0]
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            break
-        shift += 7
-    return first, recv_exact(sock, n) if n else b""
-
-
-def packet(first, body):
-    """The bytes of an MQTT packet."""
-    n, head = len(body), bytearray((first,))
-    while n > 0x7F:
-        head.append((n & 0x7F) | 0x80)
-        n >>= 7
-    head.append(n)
-    return bytes(head) + body
 
 
 class Conn:
