@@ -5,8 +5,9 @@ in use after each reconnect (MicroPython gc.mem_alloc() after a collection).
 A TCP proxy between board and emulator (TLS passes through; the board still verifies the emulator)
 closes the connection; the time runs to the board's "mqtt: online again" line. The board's program
 (programs/reconnect_main.py) then reports at QoS 1 and prints "bench-ready N HEAP" once acknowledged:
-the next drop comes only then, so every drop hits a working connection. The reboot + login is the same registered board booted again from its NVS
-(the sim runner, the shipped main.py), timed from "[sim] boot 1" to "mqtt: logged in".
+the next drop comes only then, so every drop hits a working connection. The reboot + login is the same
+registered board booted again from its NVS (the sim runner, the shipped main.py), timed from "[sim] boot 1"
+to "mqtt: logged in".
 """
 import os
 import re

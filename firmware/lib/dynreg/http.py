@@ -1,10 +1,12 @@
 """A small HTTP/1.0 client for registration over HTTP(S): one POST, a reply of bounded size."""
 
+from micropython import const
+
 from dynreg import DynregError, net
 
-MAX_HEADER = 2048  # bytes of HTTP status line + headers the device accepts
-MAX_LINE = 512  # bytes of one of those lines
-MAX_BODY = 4096  # bytes of HTTP body the device accepts
+MAX_HEADER = const(2048)  # bytes of HTTP status line + headers the device accepts
+MAX_LINE = const(512)  # bytes of one of those lines
+MAX_BODY = const(4096)  # bytes of HTTP body the device accepts
 
 
 def post(host, port, path, headers, body, ctx=None, until=None, timeout=10):

@@ -11,9 +11,11 @@ import json
 import os
 import time
 
+from micropython import const
+
 from dynreg import DynregError, log, mqtt
 
-MAX_PACKET = 1024  # bytes of one MQTT packet the device accepts during registration
+MAX_PACKET = const(1024)  # bytes of one MQTT packet the device accepts during registration
 
 
 def reply(kind, body, topic):

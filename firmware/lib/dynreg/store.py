@@ -1,6 +1,7 @@
 """The credential store: typed access to the "dynreg" NVS namespace (esp32.NVS)."""
 
 import esp32
+from micropython import const
 
 from dynreg import ConfigError
 
@@ -12,9 +13,9 @@ NULL_SECRETS = (
     b"YOUR_DEVICE_CERT_FILE_NAME",
     b"YOUR_DEVICE_PRIVATE_KEY_FILE_NAME",
 )
-_NOT_FOUND = -4354  # ESP_ERR_NVS_NOT_FOUND: missing key or wrong type
-_TOO_SMALL = -4364  # ESP_ERR_NVS_INVALID_LENGTH: buffer shorter than the blob
-_MAX_BLOB = 4096
+_NOT_FOUND = const(-4354)  # ESP_ERR_NVS_NOT_FOUND: missing key or wrong type
+_TOO_SMALL = const(-4364)  # ESP_ERR_NVS_INVALID_LENGTH: buffer shorter than the blob
+_MAX_BLOB = const(4096)
 
 
 def is_null(secret):
