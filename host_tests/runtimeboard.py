@@ -1,4 +1,4 @@
-"""A simulated board that stays online for a test: tools/sim.py running an application that reports at
+"""A simulated board that stays online for a test: the sim runner (tools/sim) running an application that reports at
 QoS 1 forever and prints what the runtime tells it, read line by line so tests wait on events.
 
 The application (APP) is what a user's main.py does with the runtime: on_state and on_message hooks,
@@ -51,7 +51,7 @@ class Match:
 
 
 class Board:
-    """tools/sim.py with APP as main.py; `lines` grows as the board prints."""
+    """The sim runner with APP as main.py; `lines` grows as the board prints."""
 
     def __init__(self, tmp_path, interp, settings, cloud_state, period_ms=300, heapsize=None, max_boots=2):
         fw = tmp_path / "fw"

@@ -17,8 +17,7 @@ import time
 
 import pytest
 
-from host_tests.cloudproc import start_emulator, stop_emulator
-from host_tests.conftest import REPO
+from host_tests.conftest import REPO, start_cloud
 from host_tests.mqttproxy import DOWN, UP, MqttProxy, packet
 from host_tests.runtimeboard import Board, tencent_plain
 
@@ -44,7 +43,8 @@ class Soak:
     def __init__(self, tmp_path, interp):
         self.state = tmp_path / "cloud"
         self.registry = json.loads((REPO / "tools" / "cloud" / "registry.json").read_text())
-        self.emu, self.ports = start_emulator(self.state)
+        self.emu = start_cloud(self.state)
+        self.ports = self.emu.ports
         self.proxy = MqttProxy(self.ports["mqtt"])
         self.name = "soak-" + interp[:2]
         s = tencent_plain(self.ports, self.registry, self.proxy.port, PSK, self.name, keepalive_s=2,
@@ -106,11 +106,12 @@ class Soak:
     def restart(self):
         mark = self.board.mark()
         self.settled()
-        stop_emulator(self.emu)
+        self.emu.stop()
         t0 = time.monotonic()
         self.board.wait_line(r"dynreg: mqtt: connection lost", mark)
         self.board.wait_line(r"dynreg: mqtt: reconnect \d+ failed", mark)  # the emulator is down
-        self.emu, self.ports = start_emulator(self.state)
+        self.emu = start_cloud(self.state)
+        self.ports = self.emu.ports
         self.proxy.upstream = ("127.0.0.1", self.ports["mqtt"])
         down = time.monotonic() - t0
         self.recovered(mark, bound=down + BOUND_S)
@@ -203,7 +204,7 @@ def test_soak(tmp_path, interp):
     finally:
         running = board.stop()
         soak.proxy.close()
-        stop_emulator(soak.emu)
+        soak.emu.stop()
     assert running, "the board's process ended:\n" + board.out
     acked = {int(n) for n in re.findall(r"app: report (\d+) acked", board.out)}
     missing = acked - soak.acked_at_broker()

@@ -1,4 +1,4 @@
-"""UCloud UIoT Core: the static MQTT login with the device secret (PROTOCOLS.md §2).
+"""UCloud UIoT Core: the static MQTT login with the device secret (docs/platforms/ucloud.md "Wire format").
 
 Registration is in ucloud_reg.py, which only the registration boot imports.
 """
@@ -29,15 +29,7 @@ def subscriptions(dev):
     return ("/%s/%s/set" % (dev.product, dev.ident),)
 
 
-def after_login(dev):
-    """Nothing to do after a UCloud login."""
-
-
 def report(dev, props, qos=0):
-    """Publish the properties as JSON on the user topic /<ProductSN>/<DeviceSN>/upload."""
+    """Publish the properties as JSON on the user topic /<ProductSN>/<DeviceSN>/upload (the downlink goes
+    to on_message: UCloud sends nothing dynreg answers itself)."""
     return dev.publish("/%s/%s/upload" % (dev.product, dev.ident), json.dumps(props), qos)
-
-
-def handle(dev, topic, msg):
-    """UCloud sends nothing dynreg must answer itself: the downlink goes to on_message."""
-    return False
