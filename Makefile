@@ -19,7 +19,7 @@ CSV       ?=
 OUT       ?= build/nvs
 FILE      ?=
 
-.PHONY: help sim test cloud setup clean flash deploy nvs-backup nvs-restore provision bench
+.PHONY: help sim test soak cloud setup clean flash deploy nvs-backup nvs-restore provision bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,6 +40,10 @@ sim: setup  ## boot a new simulated board against a fresh local cloud (SETTINGS=
 
 test: setup  ## run every test (what CI runs)
 	$(PY) -m pytest -q host_tests
+
+soak: setup  ## the runtime soak, 5 minutes per interpreter, both at once (counts in build/robustness/soak-*.json)
+	DYNREG_SOAK_S=$(or $(SOAK_S),300) $(PY) -m pytest -q -s host_tests/test_soak.py -k micropython & \
+	DYNREG_SOAK_S=$(or $(SOAK_S),300) $(PY) -m pytest -q -s host_tests/test_soak.py -k cpython; b=$$?; wait $$! && exit $$b
 
 cloud: setup  ## run the cloud emulator in the foreground (ARGS="--host 0.0.0.0 --cert-name 192.168.1.10")
 	$(PY) -m tools.cloud --state build/cloud $(ARGS)

@@ -27,6 +27,7 @@ def board_path(interp):
         dirs.insert(0, str(REPO / "boards" / "sim" / "cpython"))
     return dirs
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
+RUN = {"report_s": 1, "report_count": 3}  # main.py: three reports a second apart, then it returns
 # A test registry: the sim's products plus ones the tests need to themselves.
 EXTRA_TENCENT = {
     "TSTPRE0001": {"secret": "Qm9vdFRlc3RQcmVDcmVhdGU1", "auto_create": False,
@@ -138,7 +139,7 @@ def board(tmp_path, cloud, interp):
 
 def tencent_settings(cloud, pid, name, **extra):
     """Factory settings of a Tencent board pointed at the emulator over TLS."""
-    s = dict(WIFI, platform="tencent", prod_id=pid, prod_secret=cloud.secret("tencent", pid), dev_name=name,
+    s = dict(WIFI, **RUN, platform="tencent", prod_id=pid, prod_secret=cloud.secret("tencent", pid), dev_name=name,
              reg_host="localhost", reg_port=cloud.ports["https"], mqtt_host="localhost",
              mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100, max_tries=1)
     s.update(extra)
@@ -167,7 +168,7 @@ def run_on_device(interp, tmp_path, code, timeout=60, nvs=None):
 
 def mqtt_settings(cloud, platform, pid, name, **extra):
     """Factory settings of a UCloud or Protco board pointed at the emulator's TLS broker."""
-    s = dict(WIFI, platform=platform, prod_id=pid, prod_secret=cloud.secret(platform, pid), dev_name=name,
+    s = dict(WIFI, **RUN, platform=platform, prod_id=pid, prod_secret=cloud.secret(platform, pid), dev_name=name,
              mqtt_host="localhost", mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100,
              max_tries=1)
     s.update(extra)

@@ -25,6 +25,7 @@ import pytest
 
 from host_tests.conftest import INTERPS, PYTHON, REPO, SIM_RUNNER, mqtt_settings, tencent_settings
 from host_tests.faultproxy import CONNACK_UNAVAILABLE, HTTP_503, FaultProxy
+from host_tests.mqttproxy import UP, MqttProxy
 from tools.cloud import registry as cloud_registry
 from tools.cloud import tencent as cloud_tencent
 from tools.factory import nvsformat
@@ -349,19 +350,27 @@ def test_registration_server_faults(cloud, tmp_path, interp, what):
 @pytest.mark.parametrize("interp", INTERPS)
 @pytest.mark.parametrize("product", ["tencent-psk", "ucloud"])
 def test_mqtt_dropped_mid_session(cloud, tmp_path, interp, product):
-    """Plain MQTT through the proxy: the first session is dropped right after its CONNACK."""
+    """Plain MQTT through the proxy: the login session is cut right after the board's SUBSCRIBE went through
+    (an exact point: connect() has returned). The board reconnects in place: no reboot, no back-off."""
     platform = PRODUCTS[product][0]
     name = "net-drop-%s-%s" % (platform, interp[:2])
     case = record(name, interp, 1)
-    proxy = FaultProxy(cloud.ports["mqtt"], [("drop", 4)])
+    proxy = MqttProxy(cloud.ports["mqtt"])
+    # The registration connection (UCloud) subscribes too; the login's CONNECT has the |1 / psk username.
+    proxy.rule = (UP, lambda c, f, b: f & 0xF0 == 0x80 and c.packets and b"|2" not in c.packets[0][2], "cut_after")
     settings = settings_for(cloud, product, name, tls=0, mqtt_port=proxy.port)
     settings.pop("ca")
     if platform == "tencent":
         settings["reg_port"] = cloud.ports["http"]
     board = Board(cloud, tmp_path, interp, settings)
-    with proxy:
+    try:
         board.run(timeout=60)
-    check_backoff(board, 1)
+    finally:
+        proxy.close()
+    assert proxy.rule is None, "the SUBSCRIBE was never cut"
+    assert board.out.count("dynreg: mqtt: connection lost") == 1 and "mqtt: online again" in board.out, board.out
+    assert board.out.count("[sim] boot") == 2 and not board.backoffs(), board.out
+    assert board.out.count("sent, acknowledged") == 3, board.out  # the report cut off was sent again and acked
     assert_consistent(board, platform, device_key(settings))
     case["passed"] = True
 

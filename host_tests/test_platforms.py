@@ -15,7 +15,7 @@ from tools import platforms
 from tools.factory import provision
 
 # What each module must define, with its parameters (flow.py calls them so).
-LOGIN = {"login": ["st", "name", "ctx"], "subscriptions": ["dev"], "report": ["dev", "props"]}
+LOGIN = {"login": ["st", "name", "ctx", "keepalive"], "subscriptions": ["dev"], "report": ["dev", "props", "qos"]}
 OPTIONAL = {"after_login": ["dev"], "handle": ["dev", "topic", "msg"]}
 REGISTRATION = {"register": ["st", "name", "ctx"]}
 
@@ -44,6 +44,9 @@ def test_platform_has_every_part(platform):
     assert not missing, "platform %s lacks: %s" % (platform, ", ".join(missing))
 
     login = functions(REPO / parts["login module"])
+    lo, hi = ast.literal_eval(re.search(r"^KEEPALIVE = (\(.*?\))", (REPO / parts["login module"]).read_text(),
+                                        re.M).group(1))
+    assert 1 <= lo <= 60 <= hi <= 65535  # the default keepalive_s (60 s) is allowed everywhere
     for name, params in list(LOGIN.items()) + [(k, v) for k, v in OPTIONAL.items() if k in login]:
         assert login.get(name) == params, "%s: %s(%s)" % (parts["login module"], name, ", ".join(params))
     reg = functions(REPO / parts["registration module"])

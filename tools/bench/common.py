@@ -75,11 +75,12 @@ def start_emulator(state, cert_names=()):
 
 
 def device_settings(emu, platform, name, wifi=True):
-    """Factory NVS of a board of `platform` pointed at the emulator over TLS; one attempt only."""
+    """Factory NVS of a board of `platform` pointed at the emulator over TLS; one attempt only, and main.py
+    returns after its first report."""
     pid = PRODUCTS[platform]
     s = {"platform": platform, "prod_id": pid, "prod_secret": emu.secret(platform, pid), "dev_name": name,
          "mqtt_host": "localhost", "mqtt_port": emu.ports["mqtts"], "ca": {"file": "@cloud/ca.pem"},
-         "max_tries": 1, "retry_ms": 100}
+         "max_tries": 1, "retry_ms": 100, "report_count": 1}
     if platform == "tencent":
         s.update(reg_host="localhost", reg_port=emu.ports["https"])
     if wifi:

@@ -4,9 +4,11 @@ The platform contract. PLATFORMS is the one list of platforms (NVS key `platform
 it from here. A platform <p> is two modules, so that each boot imports only what it runs:
 - dynreg/<p>_reg.py (registration boot only): register(st, name, ctx) -> [(NVS key, value), ...],
   what the cloud issued, the device secret last (flow stores them in that order, commits, resets);
-- dynreg/<p>.py (every login boot): login(st, name, ctx) -> (umqtt client, product id, device id),
-  subscriptions(dev) -> topics, report(dev, props); optional: after_login(dev) (runs once the
-  subscriptions are sent) and handle(dev, topic, msg) -> True if the platform consumed the message.
+- dynreg/<p>.py (every login boot): KEEPALIVE = (lowest, highest) keepalive in s; login(st, name, ctx,
+  keepalive) -> (umqtt client, product id, device id), called again for every reconnect;
+  subscriptions(dev) -> topics, report(dev, props, qos) -> dev.publish()'s result; optional:
+  after_login(dev) (runs once the subscriptions are sent, after every login) and
+  handle(dev, topic, msg) -> True if the platform consumed the message.
   OPTIONAL gives the defaults: nothing to do, nothing handled.
 Adding a platform means: those two modules and its name in PLATFORMS; its emulator module
 tools/cloud/<p>.py (and its products in tools/cloud/registry.json); boards/sim/settings/<p>.json;
@@ -19,7 +21,7 @@ import time
 
 import machine
 
-from dynreg import ConfigError, DynregError, log, net
+from dynreg import ConfigError, DynregError, log, net, shown
 from dynreg.store import Store, is_null
 
 PLATFORMS = ("tencent", "ucloud", "protco")
@@ -52,6 +54,11 @@ def backoff_ms(attempt, base_ms, cap_ms):
     return d // 2 + random.getrandbits(20) % (d // 2 + 1)
 
 
+def broker(st, host, ctx):
+    """(host, port) of the MQTT broker: NVS mqtt_host/mqtt_port, else `host` and 8883 (1883 without TLS)."""
+    return st.text("mqtt_host") or host, st.int("mqtt_port", 1883 if ctx is None else 8883)
+
+
 def _attempt(st, platform, name, ctx):
     ssid = st.text("wifi_ssid")
     if ssid:
@@ -70,16 +77,13 @@ def _attempt(st, platform, name, ctx):
         machine.reset()
     from dynreg.device import Device
 
-    plat = load(platform)
-    dev = Device(plat, *plat.login(st, name, ctx))
+    dev = Device(st, load(platform), name, ctx)  # logs in
     log("mqtt: logged in")
     if st.int("forget_prod", 0) and st.get("prod_secret"):
         # The device secret works; a board captured later must not reveal the whole product line's secret.
         st.erase("prod_secret")
         st.commit()
         log("product secret erased from NVS (forget_prod=1)")
-    dev.subscribe(plat.subscriptions(dev))
-    plat.after_login(dev)
     return dev
 
 
@@ -113,7 +117,7 @@ def run():
         except ConfigError:
             raise
         except Exception as e:  # noqa: a field device must survive any failure and try again
-            why = "%s: %s" % (type(e).__name__, e)
+            why = shown("%s: %s" % (type(e).__name__, e), 160)
         gc.collect()
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
