@@ -476,7 +476,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
     real = hmac.compare_digest
 
     def spy(a, b):
-        seen.append(b)
+        seen.append({a, b})  # which side is the given value differs between call sites
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
@@ -510,11 +510,11 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
         seen.clear()
         outcome = check()
         assert outcome is False or outcome not in (True, 0), (what, outcome)  # refused (False == 0)
-        assert seen and seen[-1] in (wrong.encode(), wrong.lower().encode()), (what, seen)
+        assert seen and {wrong.encode(), wrong.lower().encode()} & seen[-1], what  # (no secret in the message)
     # and the Tencent psk login of a registered device
     store.put("tencent", "SIMPSK0001/ct-2", {"psk": base64.b64encode(b"k" * 16).decode(), "registrations": 1})
     user = "SIMPSK0001ct-2;12010126;abcde;%d" % (ts + 600)
     seen.clear()
     assert tencent.mqtt_authenticate(session("SIMPSK0001ct-2", user, wrong + ";hmacsha256")) is False
-    assert seen == [(wrong.lower() + ";hmacsha256").encode()], seen
+    assert len(seen) == 1 and (wrong.lower() + ";hmacsha256").encode() in seen[0]
     case["passed"] = True
