@@ -11,6 +11,7 @@ run_on_device, which must give the same outcome for each.
 import base64
 import functools
 import json
+import os
 import ssl  # noqa: F401  the host's ssl first: the sim's ssl shim (boards/sim/cpython) must not hide it
 import sys
 import time
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from host_tests.conftest import REPO, run_on_device
 
-N_CASES = 200  # examples per parser, under each interpreter
+N_CASES = int(os.environ.get("DYNREG_FUZZ_CASES", 200))  # examples per parser, each interpreter (make mutate: fewer)
 RESULTS = REPO / "build" / "robustness"
 SECRET = b"FuzzProductSecret123"  # the fake board's product secret (16+ bytes: the AES key is its head)
 

@@ -179,36 +179,48 @@ def _tests_pass(cwd, tests, timeout):
     return proc.returncode == 0
 
 
-def run(root, paths, tests, timeout=120, limit=None, report=print):
-    """Mutate each file of `paths` (relative to `root`) in turn; return {path: (killed, [survivors])}."""
+def run(root, paths, tests, timeout=120, limit=None, jobs=1, report=print):
+    """Mutate each file of `paths` (relative to `root`) in turn, `jobs` mutants at a time (each in its own
+    copy of the tree); return {path: (killed, [(line, what) of survivors])}."""
+    from concurrent.futures import ThreadPoolExecutor
+    from queue import Queue
+
     results = {}
     with tempfile.TemporaryDirectory(prefix="mutate-") as tmp:
-        work = os.path.join(tmp, "tree")
-        _copy_tree(root, work)
+        trees = Queue()
+        for j in range(jobs):
+            work = os.path.join(tmp, "tree%d" % j)
+            _copy_tree(root, work)
+            trees.put(work)
         t0 = time.monotonic()
-        if not _tests_pass(work, tests, timeout * 3):
+        if not _tests_pass(os.path.join(tmp, "tree0"), tests, timeout * 3):
             raise RuntimeError("the tests fail on the unmutated tree: %s" % " ".join(tests))
         report("mutate: baseline passes (%.0f s)" % (time.monotonic() - t0))
-        for path in paths:
+
+        def one(path, source):
+            work = trees.get()
             target = os.path.join(work, path)
             with open(target) as f:
                 original = f.read()
-            killed, survivors = 0, []
-            found = mutants(original)[:limit]
             try:
-                for i, (line, what, source) in enumerate(found):
-                    with open(target, "w") as f:
-                        f.write(source)
-                    if _tests_pass(work, tests, timeout):
-                        survivors.append((line, what))
-                        report("mutate: %s:%d %s SURVIVED" % (path, line, what))
-                    else:
-                        killed += 1
+                with open(target, "w") as f:
+                    f.write(source)
+                return _tests_pass(work, tests, timeout)
             finally:
                 with open(target, "w") as f:
                     f.write(original)
-            results[path] = (killed, survivors)
-            report("mutate: %s: %d/%d killed (%.0f %%)" % (path, killed, len(found),
-                                                         100.0 * killed / len(found) if found else 100))
-        report("mutate: %.0f s" % (time.monotonic() - t0))
+                trees.put(work)
+
+        with ThreadPoolExecutor(jobs) as pool:
+            for path in paths:
+                with open(os.path.join(root, path)) as f:
+                    found = mutants(f.read())[:limit]
+                passed = list(pool.map(lambda m: one(path, m[2]), found))
+                survivors = [(line, what) for (line, what, _), p in zip(found, passed) if p]
+                for line, what in survivors:
+                    report("mutate: %s:%d %s SURVIVED" % (path, line, what))
+                killed = len(found) - len(survivors)
+                results[path] = (killed, survivors)
+                report("mutate: %s: %d/%d killed (%.0f %%, %.0f s so far)" % (
+                    path, killed, len(found), 100.0 * killed / len(found) if found else 100, time.monotonic() - t0))
     return results
