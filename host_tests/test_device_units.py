@@ -122,3 +122,28 @@ for ca in (None, b"", b"not a certificate"):
 """).splitlines()
     assert out[0].startswith("ConfigError TLS needs the CA certificate in NVS key 'ca'") and out[1] == out[0], out
     assert out[2].startswith("ConfigError TLS: the CA (NVS 'ca') or client certificate/key is not valid DER"), out
+
+
+def test_tls_verifies_the_server_name(interp, tmp_path, cloud):
+    """As strict under CPython's ssl shim as on the hardware: CERT_REQUIRED checks the name, and a
+    client that gives no server_hostname gets no connection."""
+    import ssl as host_ssl
+
+    ca = host_ssl.PEM_cert_to_DER_cert((cloud.state / "ca.pem").read_text())
+    out = run_on_device(interp, tmp_path, """
+import binascii
+from dynreg import net
+ctx = net.tls_context(binascii.unhexlify(%r))
+for name in ("localhost", "not-the-server.example", None):
+    s = net.open_socket("localhost", %d)
+    try:
+        t = ctx.wrap_socket(s, server_hostname=name)
+        print(name, "connected")
+        t.close()
+    except (OSError, ValueError) as e:
+        print(name, "refused", type(e).__name__, str(e).strip())
+        s.close()
+""" % (ca.hex(), cloud.ports["https"])).splitlines()
+    assert out == ["localhost connected", "not-the-server.example refused ValueError The certificate Common Name (CN) "
+                   "does not match with the expected CN", "None refused ValueError CERT_REQUIRED requires "
+                   "server_hostname"], out
