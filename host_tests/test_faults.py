@@ -311,6 +311,23 @@ def test_ntp_fail_keeps_clock(cloud, tmp_path, interp):
 
 
 @pytest.mark.parametrize("interp", INTERPS)
+def test_unset_clock_and_ntp_failing_sends_no_request(cloud, tmp_path, interp):
+    """A board whose clock reads 2000 (no battery-backed RTC) and whose NTP fails must not sign a request
+    with that time: no byte reaches the cloud. With NTP working the same board registers."""
+    name = "net-noclock-" + interp[:2]
+    board, s = tencent_board(cloud, tmp_path, interp, name, max_tries=2)
+    case = record("unset-clock-ntp-fail", interp, 2)
+    board.run(fault="clock:unset,ntp:fail", max_boots=1)
+    assert board.rc == 1 and board.out.count("and the clock is not set") == 2, board.out
+    assert "giving up after 2 attempts" in board.out and "tencent: POST" not in board.out, board.out
+    assert name not in board.cloud_log and record_of(cloud, "tencent", device_key(s)) is None
+    board.run(fault="clock:unset")
+    assert "time: 20" in board.out and "time: 2000-" not in board.out, board.out  # NTP set the clock
+    assert_consistent(board, "tencent", device_key(s))
+    case["passed"] = True
+
+
+@pytest.mark.parametrize("interp", INTERPS)
 def test_dns_failure_backs_off_and_gives_up(cloud, tmp_path, interp):
     board, _ = tencent_board(cloud, tmp_path, interp, "net-dns-" + interp[:2], reg_host="nonexistent.invalid",
                              max_tries=4)
