@@ -147,3 +147,26 @@ for name in ("localhost", "not-the-server.example", None):
     assert out == ["localhost connected", "not-the-server.example refused ValueError The certificate Common Name (CN) "
                    "does not match with the expected CN", "None refused ValueError CERT_REQUIRED requires "
                    "server_hostname"], out
+
+
+BACKOFF_MAIN = """
+import json
+from dynreg import flow
+print(json.dumps([flow.backoff_ms(a, 50, 400) for a in range(1, 4)] + [flow.backoff_ms(9, 50, 400) for _ in range(16)]))
+"""
+
+
+def test_backoff_waits_vary_between_attempts_and_boards(interp, tmp_path):
+    """Jitter, not only bounds: two boards (two boots, each seeding its own generator) draw different
+    waits, and one board's waits at the cap differ from each other. At the cap a wait is one of 201
+    values (200..400 ms): 16 equal draws have probability 201**-15 < 1e-34, two boards drawing the same
+    19 waits about 201**-16 < 1e-36; a false failure is astronomically unlikely."""
+    boards = []
+    for n in range(2):
+        (tmp_path / str(n)).mkdir()
+        boards.append(json.loads(run_on_device(interp, tmp_path / str(n), BACKOFF_MAIN)))
+    for waits in boards:
+        for a, w in enumerate(waits[:3], 1):
+            assert 50 << (a - 1) >> 1 <= w <= 50 << (a - 1), (a, w)  # [d/2, d], d = base * 2^(a-1)
+        assert all(200 <= w <= 400 for w in waits[3:]) and len(set(waits[3:])) > 1, waits
+    assert boards[0] != boards[1], boards

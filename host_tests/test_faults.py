@@ -245,15 +245,53 @@ def test_power_cut(cloud, tmp_path, interp, product, when):
     case["passed"] = True
 
 
-def test_power_cut_cert_keeps_key_not_cert(cloud, tmp_path):
-    """nvs_write:2 on a certificate product leaves dev_key in flash and no dev_cert: not registered."""
-    settings = settings_for(cloud, "tencent-cert", "pc-half-cert", max_tries=1)
+REGISTERED_KEY = {"tencent-psk": "dev_secret", "tencent-cert": "dev_cert", "ucloud": "dev_secret", "protco": "dev_secret"}
+
+
+@pytest.mark.parametrize("product", list(PRODUCTS))
+def test_registered_key_is_written_last(cloud, tmp_path, product):
+    """The key that means "registered" is the last NVS write of a registration: a power cut at that write
+    leaves every other item in flash and the board unregistered; one write later, no cut happens at all."""
+    platform, pid, writes = PRODUCTS[product]
+    name = "order-%s" % product.replace("tencent-", "t")
+    settings = settings_for(cloud, product, name, max_tries=1)
     board = Board(cloud, tmp_path, "micropython", settings)
-    case = record("pc-half-cert-state", "micropython", 1)
-    board.run(fault="nvs_write:2", max_boots=1)
+    case = record("registered-key-last-" + product, "micropython", 1)
+    board.run(fault="nvs_write:%d" % writes, max_boots=1)
     assert board.rc == 3 and "[sim] power cut (fault injected)" in board.out, board.out
     nvs = board.nvs()
-    assert nvs.get("dev_key") and "dev_cert" not in nvs
+    stored = [k for k in ("dev_key", "dev_pid", "dev_uuid", "dev_secret", "dev_cert") if k in nvs]
+    assert REGISTERED_KEY[product] not in stored and len(stored) == writes - 1, stored
+    board.run(fault="nvs_write:%d" % (writes + 1), max_boots=1)
+    assert "[sim] power cut" not in board.out and "registered: stored" in board.out, board.out
+    assert board.nvs().get(REGISTERED_KEY[product])
+    case["passed"] = True
+
+
+def test_forget_prod_waits_for_an_accepted_login(cloud, tmp_path):
+    """forget_prod=1 erases the product secret only after the broker accepted the device secret: a power
+    cut during the first login (the cloud activated the device, the CONNACK never arrived) and refused
+    logins leave it in flash; the next accepted login erases it."""
+    settings = settings_for(cloud, "tencent-psk", "forget-cut", forget_prod=1, max_tries=1)
+    key = device_key(settings)
+    board = Board(cloud, tmp_path, "micropython", settings)
+    case = record("forget-prod-order", "micropython", 3)
+    # connection 1: cut during the first login; 2: refused with CONNACK 3; then passed through
+    proxy = FaultProxy(cloud.ports["mqtts"], certfile=str(cloud.state / "server.pem"),
+                       keyfile=str(cloud.state / "server.key"))
+    proxy.plan = [("cut_server", activated_once(cloud, "tencent", key, []), board.power_cut),
+                  ("reply", CONNACK_UNAVAILABLE, True)]
+    settings["mqtt_port"] = proxy.port
+    with proxy:
+        board.run(max_boots=2)  # boot 1 registers, boot 2 is cut during its first login
+        assert "[sim] power cut" in board.out and record_of(cloud, "tencent", key)["activated"], board.out
+        assert board.nvs().get("prod_secret") and board.nvs().get("dev_secret")
+        board.run(fresh=False, max_boots=1)  # the broker refuses the login: still not erased
+        assert board.rc == 1 and "return code 3" in board.out, board.out
+        assert board.nvs().get("prod_secret")
+        board.run(fresh=False)
+    assert "product secret erased from NVS (forget_prod=1)" in board.out
+    assert "prod_secret" not in board.nvs() and assert_consistent(board, "tencent", key)
     case["passed"] = True
 
 
