@@ -170,3 +170,49 @@ def test_backoff_waits_vary_between_attempts_and_boards(interp, tmp_path):
             assert 50 << (a - 1) >> 1 <= w <= 50 << (a - 1), (a, w)  # [d/2, d], d = base * 2^(a-1)
         assert all(200 <= w <= 400 for w in waits[3:]) and len(set(waits[3:])) > 1, waits
     assert boards[0] != boards[1], boards
+
+
+STORE_MAIN = """
+from dynreg import ConfigError
+from dynreg.store import Store
+st = Store()
+print(st.get("nokey"), st.text("nokey", "dflt"), st.int("nokey", 7), st.int("nokey"))
+try:
+    st.need("nokey")
+except ConfigError as e:
+    print("ConfigError", e)
+for n in (0, 63, 64, 65, 256, 257, 1024, 1025, 4096):  # the read buffer grows 64 -> 256 -> 1024 -> 4096
+    st.set("b%d" % n, b"%c" % (65 + n % 26) * n)
+    v = st.get("b%d" % n)
+    print(n, type(v).__name__, v == b"%c" % (65 + n % 26) * n)
+st.set("big", b"x" * 4097)
+for key in ("big", "a-key-of-16-char"):
+    try:
+        print(len(st.get(key)))
+    except OSError as e:
+        print("OSError", e.errno)
+st.set("t", "h\\u00e9llo")
+st.set("empty", b"")
+print(st.text("t"), st.need("t"), st.text("empty", "dflt"), st.text("nokey"))
+st.nvs.set_i32("i", -5)
+print(st.int("i"), st.int("t", 3))
+st.erase("t")
+st.erase("t")
+print(st.get("t"), Store("other").get("b64"))
+st.set("kept", b"1")
+st.commit()
+st.set("lost", b"1")
+"""
+
+
+def test_store(interp, tmp_path):
+    """dynreg.store over the sim's NVS: absent keys, blobs across the buffer growth steps and the cap,
+    text, i32, erase, namespaces, and only committed writes surviving a reboot."""
+    out = run_on_device(interp, tmp_path, STORE_MAIN).splitlines()
+    sizes = (0, 63, 64, 65, 256, 257, 1024, 1025, 4096)
+    assert out == ["None dflt 7 None", "ConfigError NVS key 'nokey' is missing"] + [
+        "%d bytes True" % n for n in sizes] + ["OSError -4364", "OSError -4361", "h\u00e9llo h\u00e9llo dflt None",
+                                              "-5 3", "None None"], out
+    after = run_on_device(interp, tmp_path, "from dynreg.store import Store\nst = Store()\n"
+                          "print(st.get('kept'), st.get('lost'), st.int('i'))\n").splitlines()
+    assert after == ["b'1' None -5"], after
