@@ -76,8 +76,9 @@ def cloud(tmp_path_factory):
     proc, ports = start_emulator(state, registry=reg_path)
     cloud = Cloud(state, ports, registry)
     yield cloud
-    stop_emulator(proc)
+    rc = stop_emulator(proc)
     log = cloud.log()
+    assert rc == 0, log[-3000:]
     assert "Traceback" not in log, log[log.find("Traceback") - 300:][:3000]
     assert_clean(log, cloud.secrets(), cloud.public(), derived=True, where="the emulator's log")
 
