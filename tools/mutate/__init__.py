@@ -13,6 +13,7 @@ import ast
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -170,13 +171,15 @@ def _copy_tree(root, dest):
 
 def _tests_pass(cwd, tests, timeout):
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")  # a mutant must never run from a stale .pyc
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"] + tests,
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"] + tests,
-                              cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=timeout)
+        return proc.wait(timeout) == 0
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # pytest and the interpreters it started
+        proc.wait()
         return False  # a mutant that hangs the tests is caught by their bound
-    return proc.returncode == 0
 
 
 def run(root, paths, tests, timeout=120, limit=None, jobs=1, report=print):
