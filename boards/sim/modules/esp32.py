@@ -1,9 +1,10 @@
 """Simulated esp32 module: NVS (non-volatile storage) on an ESP-IDF NVS partition image.
 
 Runs under MicroPython (unix port) and CPython. The flash is a binary NVS
-partition in ESP-IDF's format (version 2, see nvsformat.py): the board boots
-from exactly the image esp-idf-nvs-partition-gen writes for a real board, and
-what it commits is stored in that format.
+partition in ESP-IDF's format (version 2, see tools/factory/nvsformat.py, which
+rom.py puts on the board's path): the board boots from exactly the image
+esp-idf-nvs-partition-gen writes for a real board, and what it commits is
+stored in that format.
 
 Semantics follow ports/esp32/esp32_nvs.c over ESP-IDF's nvs_* API:
 - only i32 and blob values; a missing key or a key of another type (a string,
