@@ -130,3 +130,12 @@ def test_registration_replies_at_qos1_dup_retain(interp, tmp_path):
         "ok " + ref({"a": 1}), "ok " + ref({"a": 1}), "ok " + ref({"a": 1}),
     ]
     assert _outcomes(interp, tmp_path, cases) == want
+
+
+def test_sign_method_names():
+    """hmacsha256 / hmacsha1 in any case name hashlib's functions; anything else is a ConfigError."""
+    crypto = D["crypto"]
+    assert [crypto.hash_name(m) for m in ("hmacsha256", "HmacSha256", "hmacSHA1")] == ["sha256", "sha256", "sha1"]
+    for bad in ("hmacmd5", "sha256", "", "hmacsha2567"):
+        with pytest.raises(crypto.ConfigError, match="unknown sign method %r" % bad):
+            crypto.hmac_hex(bad, b"k", b"m")
