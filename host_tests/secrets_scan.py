@@ -4,8 +4,10 @@ A leak is any of, in a board's output, the emulator's log or a tool's output:
 - a run of MIN_RUN (8) or more characters of a secret: every 8-character window of the secret's text,
   of the hex and base64 forms of its bytes and, for a base64 secret (a Tencent psk), of the hex and
   base64 forms of what it decodes to. A window that also occurs in a public value (product id,
-  device name, host: the `public` argument) is not counted, so a secret that shares a prefix with
-  its product id gives no false alarm. A secret shorter than MIN_RUN counts only as a whole token.
+  device name, host: the `public` argument) or in the source of the firmware, the emulator and the
+  simulator (text the code prints by itself, e.g. "Password") is not counted, so a secret that shares
+  a prefix with its product id or a word with a log line gives no false alarm. A secret shorter than
+  MIN_RUN counts only as a whole token.
 - with derived=True, a token shaped like what a secret signs (an HMAC-SHA1/SHA-256 digest as hex:
   MQTT passwords of all three platforms; as base64: Tencent request signatures). The scanned text
   never carries a legitimate digest of that shape, so each such token is a signature or password
@@ -16,6 +18,11 @@ scan() returns the findings (never the secret itself: a finding names the form a
 import base64
 import binascii
 import re
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parent.parent
+_CODE = ("firmware/lib/dynreg", "tools/cloud", "tools/sim", "boards/sim/modules", "boards/sim/cpython")
+_code_windows = None
 
 MIN_RUN = 8
 # Hex digests of SHA-1 (40) and SHA-256 (64); base64 of them (28 and 44 characters, one "=").
@@ -38,16 +45,24 @@ def forms(secret):
     return out
 
 
+def _all_windows(text):
+    return {text[j:j + MIN_RUN] for j in range(len(text) - MIN_RUN + 1)}
+
+
 def _windows(secrets, public):
-    """{8-char window: (secret index, form)} of every secret form, minus windows of public values."""
-    public_text = "\n".join(public)
+    """{8-char window: (secret index, form)} of every secret form, minus windows of public values and code."""
+    global _code_windows
+    if _code_windows is None:
+        _code_windows = set()
+        for d in _CODE:
+            for path in sorted((_REPO / d).glob("*.py")):
+                _code_windows |= _all_windows(path.read_text())
+    known = _code_windows | set().union(*(_all_windows(p) for p in public))
     found = {}
     for i, secret in enumerate(secrets):
         for form, text in forms(secret).items():
-            for j in range(len(text) - MIN_RUN + 1):
-                w = text[j:j + MIN_RUN]
-                if w not in public_text:
-                    found.setdefault(w, (i, form))
+            for w in _all_windows(text) - known:
+                found.setdefault(w, (i, form))
     return found
 
 

@@ -163,7 +163,7 @@ def test_batch_one_image_per_device(tmp_path, ca_pem):
         assert (out / "cli.bin").read_bytes() == image
     # a progress bar on stderr for a batch; the output names every image; no secret printed
     assert "3/3" in proc.stderr and "[" in proc.stderr
-    assert SECRET not in proc.stdout + proc.stderr and "sim-pass-123" not in proc.stdout + proc.stderr
+    assert_clean(proc.stdout + proc.stderr, TOOL_SECRETS)
 
 
 def test_one_image_for_a_nameless_batch(tmp_path, ca_pem):
@@ -375,7 +375,7 @@ def test_flash_dry_run_keeps_a_device_secret(tmp_path, backup, force, keeps):
         assert "WARNING: the board already holds a dynreg dev_" in proc.stderr and "NOT written" in proc.stderr
     if backup == "registered" and force:
         assert "FORCE: writing the factory image" in proc.stderr
-    assert "c2VjcmV0LXBzaw" not in proc.stdout + proc.stderr
+    assert_clean(proc.stdout + proc.stderr, TOOL_SECRETS)
     assert not (tmp_path / "keep").exists()  # a dry run writes nothing
     assert path.read_bytes() == images[backup]
 

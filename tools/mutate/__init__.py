@@ -223,6 +223,9 @@ def run(root, paths, tests, timeout=120, limit=None, jobs=1, report=print):
                 for line, what in survivors:
                     report("mutate: %s:%d %s SURVIVED" % (path, line, what))
                 killed = len(found) - len(survivors)
+                # every kill must be the mutant's doing, not a broken environment (a venv being rebuilt)
+                if killed and not _tests_pass(os.path.join(tmp, "tree0"), tests, timeout * 3):
+                    raise RuntimeError("the tests now fail on the unmutated tree: results of %s void" % path)
                 results[path] = (killed, survivors)
                 report("mutate: %s: %d/%d killed (%.0f %%, %.0f s so far)" % (
                     path, killed, len(found), 100.0 * killed / len(found) if found else 100, time.monotonic() - t0))
