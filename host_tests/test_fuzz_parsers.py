@@ -744,14 +744,49 @@ def test_tencent_reply(body):
     check_against("tencent_reply", ref_tencent_reply, body)
 
 
+def _pad_line(n):
+    """A header line of exactly n bytes (CRLF included)."""
+    return b"X-Pad: " + b"a" * (n - 9) + b"\r\n"
+
+
+def _head(n):
+    """Status line plus padding headers: a head (blank line included) of exactly n bytes."""
+    head = b"HTTP/1.1 200 OK\r\n"
+    while n - len(head) - 2 > 512:
+        head += _pad_line(500)
+    return head + _pad_line(n - len(head) - 2) + b"\r\n"
+
+
 @FUZZ
 @given(http_reply)
+@example(b"HTTP/1.1 200 OK\r\n" + _pad_line(512) + b"\r\nok")  # the caps, exactly and one over
+@example(b"HTTP/1.1 200 OK\r\n" + _pad_line(513) + b"\r\nok")
+@example(_head(2048) + b"ok")
+@example(_head(2049) + b"ok")
+@example(b"HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n" + b"x" * 4096)
+@example(b"HTTP/1.1 200 OK\r\nContent-Length: 4097\r\n\r\n" + b"x" * 4097)
+@example(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 4096)
+@example(b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 4097)
+@example(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcd")
+@example(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcd")
+@example(b"HTTP/1.1 200 OK\r\ncontent-length:  7 \r\n\r\nabcdefg")
 def test_read_reply(data):
     check_against("read_reply", ref_http, data)
 
 
 @FUZZ
 @given(mqtt_stream, st.integers(0, 1100), st.none() | st.integers(0, 255))
+@example(packet(0x30, b"x" * 10), 10, None)  # the limit, exactly and one under
+@example(packet(0x30, b"x" * 10), 9, None)
+@example(packet(0x30, b"x" * 128), 128, None)  # a two-byte remaining length
+@example(packet(0x30, b"x" * 16384), 1100, None)  # three bytes, over the limit
+@example(b"\x30\xff\xff\xff\x7f", 1100, None)  # the largest four-byte length
+@example(b"\x30\xff\xff\xff\xff\x01", 1100, None)  # a fifth length byte
+@example(b"\x05abcde", 5, 0x30)
+@example(b"\x00", 5, 0xD0)
+@example(b"", 5, None)
+@example(b"\x30", 5, None)
+@example(b"\x30\x05abc", 5, None)
 def test_mqtt_read(data, limit, first):
     check_against("mqtt_read", lambda d, lim, f: ref_mqtt_packet(d, 0, lim, f)[:2], data, limit, first)
 
@@ -761,6 +796,15 @@ def test_mqtt_read(data, limit, first):
     lambda t, p: len(t).to_bytes(2, "big") + t + p, st.sampled_from([b"t/reply", b"t/other", b""]),
     reply_payload("ucloud") | reply_payload("protco"))))
 @example(0x30, b"\x00\x07t/reply" + b"[" * 1000)
+@example(0x30, b"\x00\x07t/reply{}")
+@example(0x32, b"\x00\x07t/reply\x00\x01{}")  # QoS 1 and 2: a packet id before the payload
+@example(0x34, b"\x00\x07t/reply\x00\x01{}")
+@example(0x3D, b"\x00\x07t/reply\x7b\x7d{}")
+@example(0x20, b"\x00\x07t/reply{}")
+@example(0x40, b"\x00\x07t/reply{}")
+@example(0x30, b"\x00")
+@example(0x30, b"\x00\x08t/reply{}")
+@example(0x30, b"\x00\x06t/reply{}")
 def test_mqttreg_reply(kind, body):
     check_against("mqttreg_reply", lambda k, b: ref_publish_json(k, b, b"t/reply"), kind, body)
 
