@@ -5,11 +5,14 @@ independent reference (the RFC text, checked against CPython's hmac), never from
 import hashlib
 import hmac
 import json
+import time
 
 import pytest
 
 from host_tests.conftest import INTERPS, run_on_device
-from host_tests.test_fuzz_parsers import DRIVER, D, enc, packet, publish
+from host_tests.test_fuzz_parsers import DRIVER, SECRET, D, enc, packet, publish, ref_mqtt_packet
+from tools.cloud.protco import sign as protco_sign
+from tools.cloud.tencent import encrypt_payload, legacy_signature, register_signature
 
 _TRUNCATION = b"Test With Truncation"
 _BIG_KEY = b"Test Using Larger Than Block-Size Key - Hash Key First"
@@ -139,3 +142,149 @@ def test_sign_method_names():
     for bad in ("hmacmd5", "sha256", "", "hmacsha2567"):
         with pytest.raises(crypto.ConfigError, match="unknown sign method %r" % bad):
             crypto.hmac_hex(bad, b"k", b"m")
+
+
+# --------------------------------------------------------------------------- what the device sends
+
+# The registration requests as the device writes them, checked with the emulator's own signature code
+# (tools/cloud, written from the platforms' docs separately from the firmware): one source of truth
+# each side, meeting only on the wire.
+
+def _send(platform, values, reply=b"", name="dev1"):
+    """Run `platform`_reg.register over a recording stream -> (bytes written, result or DynregError)."""
+    class Rec(D["Stream"]):
+        out = b""
+
+        def write(self, data):
+            self.out += bytes(data)
+            return len(data)
+
+    s = Rec(reply)
+    st = D["Store"](dict({"prod_id": "pid1", "prod_secret": SECRET.decode(), "tls#": 0, "reg_host": "localhost"},
+                         **values))
+    reg = D[platform + "_reg"]
+    try:
+        result = D["_patched"](D["net"], "open_socket", lambda *a, **k: s, lambda: D["_patched"](
+            D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, None)))
+    except D["DynregError"] as e:
+        result = e
+    return s.out, result
+
+
+def _http_request(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return lines[0], dict(line.split(": ", 1) for line in lines[1:]), body
+
+
+def _tencent_reply(plain):
+    length, payload = encrypt_payload(SECRET.decode(), plain)
+    body = json.dumps({"Response": {"Len": length, "Payload": payload, "RequestId": "r"}}).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("method", ["hmacsha256", "hmacsha1"])
+def test_tencent_request_is_signed(method):
+    reply = _tencent_reply(json.dumps({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="}).encode())
+    raw, result = _send("tencent", {"sign_method": method.upper()}, reply)
+    assert result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
+    line, headers, body = _http_request(raw)
+    assert line == "POST /device/register HTTP/1.0" and headers["Host"] == "localhost"
+    assert json.loads(body) == {"ProductId": "pid1", "DeviceName": "dev1"} and int(headers["Content-Length"]) == len(body)
+    ts, nonce = int(headers["X-TC-Timestamp"]), int(headers["X-TC-Nonce"])
+    assert abs(ts - time.time()) < 5 and 0 <= nonce < 2 ** 31 and headers["X-TC-Algorithm"] == method
+    assert headers["X-TC-Signature"] == register_signature(SECRET.decode(), "localhost", "/device/register", method,
+                                                           ts, nonce, body)
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_tencent_legacy_request_and_refusals():
+    raw, result = _send("tencent", {"reg_api": "legacy", "reg_port#": 8080}, b"HTTP/1.0 500 Oops\r\n\r\n")
+    assert str(result) == "tencent: HTTP status 500"
+    line, headers, body = _http_request(raw)
+    req = json.loads(body)
+    assert line == "POST /register/dev HTTP/1.0" and headers["Host"] == "localhost:8080"
+    assert req["signature"] == legacy_signature(SECRET.decode(), "dev1", req["nonce"], "pid1", req["timestamp"])
+    assert sorted(req) == ["deviceName", "nonce", "productId", "signature", "timestamp"]
+    assert (req["deviceName"], req["productId"]) == ("dev1", "pid1")
+    for pid, name in (("pid1", "dev 1"), ("pid/1", "dev1"), ("pid1", 'dev"1')):
+        raw, result = _send("tencent", {"prod_id": pid}, name=name)
+        assert isinstance(result, D["crypto"].ConfigError) and raw == b"", (pid, name, result)
+    raw, result = _send("tencent", {}, name="Az09-_:.@")
+    assert not isinstance(result, D["crypto"].ConfigError) and raw
+
+
+def _mqtt_strings(body, n):
+    out = []
+    for _ in range(n):
+        size = int.from_bytes(body[:2], "big")
+        out.append(body[2:2 + size].decode())
+        body = body[2 + size:]
+    return out, body
+
+
+def _mqtt_session(raw):
+    """CONNECT fields (client id, user, password) and the packets after it, from what the device wrote."""
+    packets, pos = [], 0
+    while pos < len(raw):
+        kind, body, pos = ref_mqtt_packet(raw, pos, 1 << 20)
+        packets.append((kind, body))
+    kind, body = packets[0]
+    assert kind == 0x10 and body[:10] == b"\x00\x04MQTT\x04\xc2\x00\x3c", body[:10]  # 3.1.1, user+pass, clean
+    fields, rest = _mqtt_strings(body[10:], 3)
+    assert rest == b""
+    return fields, packets[1:]
+
+
+CONNACK = b"\x20\x02\x00\x00"
+
+
+def _check_exchange(packets, topic, reply_topic, id_key):
+    """SUBSCRIBE to the reply topic (QoS 0, packet id 1), one PUBLISH of the request, DISCONNECT."""
+    (sub, sub_body), (pub, pub_body), last = packets
+    assert (sub, sub_body) == (0x82, b"\x00\x01" + len(reply_topic).to_bytes(2, "big") + reply_topic + b"\x00")
+    assert last == (0xE0, b"")
+    (got_topic,), payload = _mqtt_strings(pub_body, 1)
+    assert pub == 0x30 and got_topic == topic.decode()
+    request = json.loads(payload)
+    assert request[id_key] == RID
+    return request
+
+
+def test_ucloud_request():
+    reply = qos1(UCLOUD_TOPIC, json.dumps({"RequestID": RID, "RetCode": 0, "Password": "pw-01"}).encode())
+    raw, result = _send("ucloud", {}, CONNACK + SUBACK + reply)
+    assert result == [("dev_secret", b"pw-01")]
+    fields, packets = _mqtt_session(raw)
+    assert fields == ["pid1.dev1", "pid1|dev1|2", SECRET.decode()]
+    assert _check_exchange(packets, b"/$system/pid1/dev1/password", UCLOUD_TOPIC, "RequestID") == {"RequestID": RID}
+    for name, ok in (("abc", False), ("abcd", True), ("a" * 64, True), ("a" * 65, False), ("ab cd", False),
+                     ("Az09-_@:", True), ("ab/cd", False)):
+        raw, result = _send("ucloud", {}, name=name)
+        assert isinstance(result, D["crypto"].ConfigError) != ok and (raw != b"") == ok, (name, result)
+
+
+@pytest.mark.parametrize("method", ["hmacSha256", "hmacSha1"])
+def test_protco_request(method):
+    reply = json.dumps({"id": RID, "res": 0, "data": {"uuid": "u-1", "secret": "s-1"}}).encode()
+    values = {"sign_method": method, "barcode": "BC1", "replace_pid": "pid9", "replace_sec": "sec9"}
+    raw, result = _send("protco", values, CONNACK + SUBACK + publish(PROTCO_TOPIC, reply))
+    assert result == [("dev_pid", b"pid1"), ("dev_uuid", b"u-1"), ("dev_secret", b"s-1")]  # pid: the product's
+    (client, user, password), packets = _mqtt_session(raw)
+    ts = int(user.rsplit("=", 1)[1])
+    assert client == "register_pid1_dev1" and user == "pid1|signMethod=%s,ts=%d" % (method, ts)
+    assert abs(ts - time.time()) < 5 and password == protco_sign(SECRET.decode(), "pid1", ts, method)
+    request = _check_exchange(packets, b"register/v2/pid1/dev1/register", PROTCO_TOPIC, "id")
+    assert abs(request.pop("ts") - ts) <= 1
+    assert request == {"id": RID, "code": "register", "ack": 1,
+                       "data": {"barcode": "BC1", "replacePid": "pid9", "secret": "sec9"}}
+    for values, name in (({}, "dev_1"), ({"replace_pid": "pid9"}, "dev1")):
+        raw, result = _send("protco", values, name=name)
+        assert isinstance(result, D["crypto"].ConfigError) and raw == b"", (values, name)
+    raw, result = _send("protco", {}, CONNACK + SUBACK + publish(PROTCO_TOPIC, json.dumps(
+        {"id": RID, "res": 1004, "msg": "x"}).encode()))
+    assert str(result) == "protco: registration refused: res 1004 (device does not exist)"
+    raw, result = _send("protco", {}, CONNACK + SUBACK + publish(PROTCO_TOPIC, json.dumps(
+        {"id": RID, "res": 4242, "msg": "no such"}).encode()))
+    assert str(result) == "protco: registration refused: res 4242 (no such)"
+    assert _mqtt_session(raw)[1][1][0] == 0x30
