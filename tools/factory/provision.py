@@ -64,11 +64,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tools.platforms import PLATFORMS  # noqa: E402  the firmware's list (dynreg/flow.py)
+
 NAMESPACE = "dynreg"
 MAX_KEY_BYTES = 15
 MAX_DEVICE_BLOB = 4096  # dynreg/store.py grows its read buffer up to 4096 bytes
 DEFAULT_NVS_SIZE = 0x6000
-PLATFORMS = ("tencent", "ucloud", "protco")
 # The keys dynreg reads (README "NVS keys") and their NVS types.
 I32_KEYS = ("tls", "reg_port", "mqtt_port", "login_ttl", "retry_ms", "retry_max_ms", "max_tries",
             "forget_prod", "jitter_ms", "wifi_timeout_ms")
@@ -82,11 +83,12 @@ NULL_SECRETS = (b"", b"YOUR_DEVICE_SECRET", b"YOUR_IOT_PSK", b"YOUR_DEVICE_CERT_
                 b"YOUR_DEVICE_PRIVATE_KEY_FILE_NAME")
 IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")
 # What each platform stores at registration, with generous sizes: the image must leave room for it.
+# A platform not named here stores a device secret only.
 REGISTRATION_RESERVE = {
     "tencent": {"dev_secret": 64, "dev_cert": 2048, "dev_key": 2048},
-    "ucloud": {"dev_secret": 64},
     "protco": {"dev_secret": 64, "dev_uuid": 64, "dev_pid": 64},
 }
+DEFAULT_RESERVE = {"dev_secret": 64}
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 
 
@@ -315,7 +317,7 @@ def check_entries(entries, size, where="settings"):
         image_from_entries(entries, size)
     except ProvisionError as exc:
         fail(str(exc))
-    reserve = dict((k, b"\x00" * n) for k, n in REGISTRATION_RESERVE[platform.decode()].items()
+    reserve = dict((k, b"\x00" * n) for k, n in REGISTRATION_RESERVE.get(platform.decode(), DEFAULT_RESERVE).items()
                    if k not in entries)
     if reserve and not registered:
         try:
