@@ -19,7 +19,7 @@ CSV       ?=
 OUT       ?= build/nvs
 FILE      ?=
 
-.PHONY: help sim test soak cloud setup clean flash deploy nvs-backup nvs-restore provision bench
+.PHONY: help sim test soak cloud setup clean flash deploy nvs-backup nvs-restore provision bench mutate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,9 @@ cloud: setup  ## run the cloud emulator in the foreground (ARGS="--host 0.0.0.0 
 
 bench: setup  ## RAM, flash, round trips, boot time vs the official SDK, a fleet of 1,000 (tools/bench/; ARGS=--quick)
 	$(PY) -m tools.bench $(ARGS)
+
+mutate: setup  ## mutation score of firmware/lib/dynreg under the fast tests (docs/testing.md; ARGS="--jobs 1 crypto.py ...")
+	nice -n 10 $(PY) -m tools.mutate --jobs 2 $(ARGS)
 
 clean:  ## remove build output (keeps the venv and the boards' NVS backups in build/nvs-backup)
 	if [ -d build ]; then find build -mindepth 1 -maxdepth 1 ! -name nvs-backup -exec rm -rf {} +; fi
