@@ -34,7 +34,8 @@ The runner
    --nvs IMAGE instead boots from a factory image made by tools/factory/provision.py
    for a real board, byte for byte (copied in as esptool would flash it).
 2. With --cloud, first starts the cloud emulator (python -m tools.cloud
-   --state CLOUD_STATE) for the duration of the run, listening where the
+   --state CLOUD_STATE, through tools/cloud/proc.py) for the duration of
+   the run, listening where the
    settings point the device (reg_port, mqtt_port: TLS or plain ports
    according to "tls"), and waits until it is ready; --fresh then also drops
    the emulator's device records (CLOUD_STATE/devices.json), keeping its CA.
@@ -45,7 +46,8 @@ The runner
 Environment given to the board: DYNREG_SIM_NVS (NVS image), DYNREG_SIM_WIFI
 ("ssid\\npassword" of the access point in range, empty = none),
 DYNREG_SIM_MAC (12 hex digits), DYNREG_SIM_FIRMWARE (firmware directory),
-DYNREG_SIM_PATH (dependency directories, os.pathsep-separated).
+DYNREG_SIM_PATH (dependency directories, os.pathsep-separated: build/deps/<--umqtt>,
+none with --umqtt none, for a firmware directory that brings its own, e.g. one mip installed).
 
 Fault injection (the hardware stand-ins only; boards/sim/modules/simfault.py):
 --fault SPEC sets DYNREG_SIM_FAULT=SPEC for the FIRST boot only (later boots are
