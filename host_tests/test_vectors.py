@@ -150,7 +150,7 @@ def test_sign_method_names():
 # (tools/cloud, written from the platforms' docs separately from the firmware): one source of truth
 # each side, meeting only on the wire.
 
-def _send(platform, values, reply=b"", name="dev1"):
+def _send(platform, values, reply=b"", name="dev1", ctx=None):
     """Run `platform`_reg.register over a recording stream -> (bytes written, result or DynregError)."""
     class Rec(D["Stream"]):
         out = b""
@@ -165,7 +165,7 @@ def _send(platform, values, reply=b"", name="dev1"):
     reg = D[platform + "_reg"]
     try:
         result = D["_patched"](D["net"], "open_socket", lambda *a, **k: s, lambda: D["_patched"](
-            D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, None)))
+            D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, ctx)))
     except D["DynregError"] as e:
         result = e
     return s.out, result
@@ -196,6 +196,9 @@ def test_tencent_request_is_signed(method):
     assert headers["X-TC-Signature"] == register_signature(SECRET.decode(), "localhost", "/device/register", method,
                                                            ts, nonce, body)
     assert headers["Content-Type"] == "application/json; charset=utf-8"
+    # over TLS the default port is 443, which the Host header leaves out
+    raw, result = _send("tencent", {}, reply, ctx=True)
+    assert _http_request(raw)[1]["Host"] == "localhost" and result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
 
 
 def test_tencent_legacy_request_and_refusals():
