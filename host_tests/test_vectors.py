@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from host_tests.conftest import INTERPS, run_on_device
+from host_tests.conftest import INTERPS, REPO, run_on_device
 from host_tests.test_fuzz_parsers import DRIVER, SECRET, D, enc, packet, publish, ref_mqtt_packet
 from tools.cloud.protco import sign as protco_sign
 from tools.cloud.tencent import encrypt_payload, legacy_signature, register_signature
@@ -150,7 +150,7 @@ def test_sign_method_names():
 # (tools/cloud, written from the platforms' docs separately from the firmware): one source of truth
 # each side, meeting only on the wire.
 
-def _send(platform, values, reply=b"", name="dev1"):
+def _send(platform, values, reply=b"", name="dev1", ctx=None):
     """Run `platform`_reg.register over a recording stream -> (bytes written, result or DynregError)."""
     class Rec(D["Stream"]):
         out = b""
@@ -165,7 +165,7 @@ def _send(platform, values, reply=b"", name="dev1"):
     reg = D[platform + "_reg"]
     try:
         result = D["_patched"](D["net"], "open_socket", lambda *a, **k: s, lambda: D["_patched"](
-            D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, None)))
+            D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, ctx)))
     except D["DynregError"] as e:
         result = e
     return s.out, result
@@ -196,6 +196,9 @@ def test_tencent_request_is_signed(method):
     assert headers["X-TC-Signature"] == register_signature(SECRET.decode(), "localhost", "/device/register", method,
                                                            ts, nonce, body)
     assert headers["Content-Type"] == "application/json; charset=utf-8"
+    # over TLS the default port is 443, which the Host header leaves out
+    raw, result = _send("tencent", {}, reply, ctx=True)
+    assert _http_request(raw)[1]["Host"] == "localhost" and result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
 
 
 def test_tencent_legacy_request_and_refusals():
@@ -288,3 +291,50 @@ def test_protco_request(method):
         {"id": RID, "res": 4242, "msg": "no such"}).encode()))
     assert str(result) == "protco: registration refused: res 4242 (no such)"
     assert _mqtt_session(raw)[1][1][0] == 0x30
+
+
+def test_mqtt_packet_lengths():
+    """The remaining length as MQTT 3.1.1 2.2.3 encodes it, at each byte-count boundary."""
+    from host_tests.test_fuzz_parsers import varint
+
+    for n in (0, 1, 127, 128, 16383, 16384, 2097151, 2097152):
+        assert bytes(D["mqtt"].packet(0x30, b"x" * n)) == b"\x30" + varint(n) + b"x" * n, n
+    assert bytes(D["mqtt"].subscribe(7, ("a/b", "c"))) == b"\x82\x0c\x00\x07\x00\x03a/b\x00\x00\x01c\x00"
+
+
+def _login(values, data, ctx=None, host="default.example"):
+    """mqtt.login over a recording stream -> (open_socket arguments, result or DynregError, stream)."""
+    seen = []
+    s = D["Stream"](data)
+    st = D["Store"](values)
+    try:
+        result = D["_patched"](D["net"], "open_socket", lambda *a: seen.append(a) or s, lambda: D["mqtt"].login(
+            st, ctx, host, "cid", "user", "pw", timeout=3))
+    except D["DynregError"] as e:
+        result = e
+    return seen, result, s
+
+
+def test_mqtt_login_broker_and_connack():
+    ctx = object()
+    for values, use_ctx, want in (({}, False, ("default.example", 1883)), ({}, True, ("default.example", 8883)),
+                                  ({"mqtt_host": "b.example", "mqtt_port#": 1999}, True, ("b.example", 1999))):
+        seen, result, s = _login(values, CONNACK, ctx if use_ctx else None)
+        assert seen == [want + ((ctx if use_ctx else None), 3)] and result == (s, want[0], want[1]), values
+        assert not s.closed
+    for ack, msg in ((b"\x20\x02\x00\x05", "mqtt: broker refused the login (CONNACK return code 5)"),
+                     (b"\x20\x02\x00\x01", "mqtt: broker refused the login (CONNACK return code 1)"),
+                     (b"\x20\x02\x00", "mqtt: no CONNACK from the broker"),
+                     (b"\x21\x02\x00\x00", "mqtt: no CONNACK from the broker"),
+                     (b"\x20\x03\x00\x00", "mqtt: no CONNACK from the broker"), (b"", "mqtt: no CONNACK from the broker")):
+        seen, result, s = _login({}, ack)
+        assert str(result) == msg and s.closed, (ack, result)
+
+
+def test_mqtt_connect_hands_the_session_to_umqtt(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "build" / "deps" / "frozen"))
+    s = D["Stream"](CONNACK)
+    st = D["Store"]({"mqtt_port#": 1999})
+    c = D["_patched"](D["net"], "open_socket", lambda *a: s, lambda: D["mqtt"].connect(st, None, "h.example", "cid",
+                                                                                      "user", "pw"))
+    assert (c.sock, c.client_id, c.server, c.port, c.keepalive) == (s, "cid", "h.example", 1999, 60)
