@@ -21,14 +21,22 @@ def _attempt(st, platform, name, ctx):
     if ssid:
         net.wifi_connect(ssid, st.text("wifi_pass", ""), st.int("wifi_timeout_ms", 20000))
     net.set_clock()
-    # Registered means a device secret (or a client certificate) in NVS: registration stores it last.
+    # Registered means a device secret (or a client certificate) in NVS: registration stores it last,
+    # then the marker dev_id. A marker without a secret is flash damage, not a new board: registering
+    # again would be refused (activated devices) or replace the identity the cloud knows.
     if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
+        marker = st.text("dev_id")
+        if marker:
+            raise ConfigError("NVS damaged: it holds the marker of device %s but no device secret; not registering "
+                              "again. Write the board's NVS backup back (make nvs-restore), or delete the device "
+                              "in the cloud console and flash a factory image" % marker)
         log("no device secret in NVS: registering %s device %r" % (platform, name))
         # Only this boot imports the registration module, and only the login boot the login module.
         items = __import__("dynreg.%s_reg" % platform, None, None, ["register"]).register(st, name, ctx)
         gc.collect()
         for key, value in items:
             st.set(key, value)
+        st.set("dev_id", "%s/%s" % (platform, name))  # after the secret: a power cut before it leaves no marker
         st.commit()
         log("registered: stored %s in NVS; resetting" % ", ".join(k for k, _ in items))
         machine.reset()
@@ -37,6 +45,9 @@ def _attempt(st, platform, name, ctx):
     plat = __import__("dynreg." + platform, None, None, ["login"])
     dev = Device(plat, *plat.login(st, name, ctx))
     log("mqtt: logged in")
+    if not st.get("dev_id"):  # an identity from the factory or an older firmware: mark it now it works
+        st.set("dev_id", "%s/%s" % (platform, name))
+        st.commit()
     if st.int("forget_prod", 0) and st.get("prod_secret"):
         # The device secret works; a board captured later must not reveal the whole product line's secret.
         st.erase("prod_secret")
@@ -51,6 +62,12 @@ def run():
     """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
     st = Store()
     platform = st.text("platform")
+    if platform is None and st.get("prod_id") is None:
+        marker = st.text("dev_id")
+        state = "damaged (the marker of device %s, no settings)" % marker if marker else \
+            "empty (erased, unreadable pages skipped, or never written)"
+        raise ConfigError("NVS namespace 'dynreg' is %s: flash a factory image (make provision, make flash) or "
+                          "the board's backup (make nvs-restore)" % state)
     if platform not in ("tencent", "ucloud", "protco"):
         raise ConfigError("NVS key 'platform' is %r, not tencent, ucloud or protco" % platform)
     name = st.text("dev_name")
@@ -80,6 +97,8 @@ def run():
         except Exception as e:  # noqa: a field device must survive any failure and try again
             why = "%s: %s" % (type(e).__name__, e)
         gc.collect()
+        if "registration refused" in why:  # a lockout: say why it may be, at every retry
+            why += "; if this board registered before, its NVS lost the device secret: make nvs-restore"
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
         wait = backoff_ms(attempt, base, cap)
