@@ -62,6 +62,9 @@ fact = $(or $(shell $(PYTHON) tools/boards.py "$(BOARD)" $(1) --partition "$(PAR
 real_board = $(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(call fact,chip)),$(error BOARD=$(BOARD) has no serial port: boot an image with tools/sim.py --nvs IMAGE))
 ESPTOOL_AT = $(ESPTOOL) --chip $(call fact,chip) --port $(PORT) --baud $(BAUD)
 BACKUP    = build/nvs-backup/$(notdir $(PORT)).bin
+# $(call private,FILE): prefix of a command that writes FILE, which holds secrets: 0600 whatever the umask
+# (an existing file is chmod-ed first: esptool reopens it and keeps its mode).
+private = { [ ! -e $(1) ] || chmod 600 $(1); } && umask 077 &&
 NVS_WRITE = build/nvs-backup/$(notdir $(PORT)).write.bin
 # lib/dynreg goes to the board compiled by mpy-cross -O3 (tools/flash.py stage), as `make bench` measures it.
 define deploy_cmds
@@ -72,7 +75,7 @@ endef
 flash: setup  ## backup NVS, firmware, NVS (keeps a device secret unless FORCE=1), files: BOARD= PORT= [FIRMWARE=] [NVS=] [PARTITION=ota]
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)$(if $(FIRMWARE),$(if $(wildcard $(FIRMWARE)),,$(error FIRMWARE=$(FIRMWARE) not found)))$(if $(NVS),$(if $(wildcard $(NVS)),,$(error NVS=$(NVS) not found)))
 	@mkdir -p build/nvs-backup
-	$(ESPTOOL_AT) --after no-reset read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(BACKUP)
+	$(call private,$(BACKUP)) $(ESPTOOL_AT) --after no-reset read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(BACKUP)
 	$(PY) tools/flash.py choose-nvs --board $(BOARD) --partition $(PARTITION) --backup $(BACKUP)$(if $(NVS), --nvs $(NVS))$(if $(FORCE), --force) --out $(NVS_WRITE)
 	$(if $(FIRMWARE),$(ESPTOOL_AT) --after no-reset write-flash $(call fact,firmware_offset) $(FIRMWARE),@echo "flash: no FIRMWARE= given: the board keeps its MicroPython")
 	$(ESPTOOL_AT) write-flash $(call fact,nvs_offset) $(NVS_WRITE)
@@ -85,7 +88,7 @@ deploy: setup  ## copy boot.py, main.py and lib/dynreg to the board with mpremot
 nvs-backup: setup  ## save the board's NVS region: BOARD= PORT= [FILE=build/nvs-backup/<port>.bin] [PARTITION=ota]
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)
 	@mkdir -p $(dir $(or $(FILE),$(BACKUP)))
-	$(ESPTOOL_AT) read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(or $(FILE),$(BACKUP))
+	$(call private,$(or $(FILE),$(BACKUP))) $(ESPTOOL_AT) read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(or $(FILE),$(BACKUP))
 	$(PY) tools/flash.py show $(or $(FILE),$(BACKUP))
 
 nvs-restore: setup  ## write a saved NVS region back: BOARD= PORT= [FILE=build/nvs-backup/<port>.bin] [PARTITION=ota]

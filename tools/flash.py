@@ -29,6 +29,7 @@ region first and writes back what has to be kept.
 
 A backup that holds an identity is also copied to keep/ beside it
 (build/nvs-backup/keep/, never overwritten), so a second run after a failed one cannot lose it.
+Backups and copies hold the board's secrets: they are created 0600 whatever the umask.
 Exit codes: 0 done; 1 refused (a device secret would be overwritten); 2 bad input.
 """
 import argparse
@@ -44,12 +45,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tools import boards  # noqa: E402
-from tools.provision import IDENTITY_KEYS, NAMESPACE, is_null  # noqa: E402
+from tools.factory import private  # noqa: E402
+from tools.factory.nvs_schema import IDENTITY_KEYS, NAMESPACE, SECRET_KEYS, is_null  # noqa: E402
 
 BACKUP_DIR = REPO / "build" / "nvs-backup"
 DEPLOY_DIR = REPO / "build" / "deploy"
 BAUD = 460800
-SECRET_KEYS = ("prod_secret", "dev_secret", "dev_key", "wifi_pass", "replace_sec")
 
 
 class FlashError(Exception):
@@ -162,7 +163,7 @@ def keep_copy(backup, name):
     while copy.exists():
         n += 1
         copy = keep / ("%s-%s-%d.bin" % (stem, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), n))
-    shutil.copyfile(backup, copy)
+    private.copy(backup, copy)
     return copy
 
 
@@ -233,6 +234,7 @@ def cmd_flash(args):
     # (a) save the NVS region
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
+        private.create(backup)  # esptool fills it and keeps the mode: the backup holds the board's secrets
     run(read_nvs_command(board, args.port, backup), args.dry_run)
     # (b) keep an identity unless forced
     if args.dry_run:
@@ -246,7 +248,7 @@ def cmd_flash(args):
         print("# (d) will write %s" % chosen, flush=True)
     if not args.dry_run:
         check_image_size(board, chosen, "NVS image")
-        shutil.copyfile(chosen, chosen_out)
+        private.copy(chosen, chosen_out)
     # (c) firmware, (d) NVS, (e) files
     if args.firmware:
         run(esptool(board, args.port, "write-flash", hex(board["firmware_offset"]), args.firmware, reset=False),
@@ -270,7 +272,7 @@ def cmd_choose(args):
     if board:
         check_image_size(board, chosen, "NVS image")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(chosen, args.out)
+    private.copy(chosen, args.out)
     return 0
 
 
@@ -282,6 +284,7 @@ def cmd_nvs_write(args):
     backup = Path(args.backup) if args.backup else backup_path(args.port)
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
+        private.create(backup)
     run(read_nvs_command(board, args.port, backup), args.dry_run)
     if backup.exists():
         contents = {}
@@ -319,7 +322,7 @@ def cmd_show(args):
     for namespace, keys in contents.items():
         print("namespace %s" % namespace)
         for key, (kind, value) in keys.items():
-            if kind == "blob" and (key in SECRET_KEYS or key in IDENTITY_KEYS) and value:
+            if kind == "blob" and key in SECRET_KEYS and value:
                 shown = "<%d bytes, not shown>" % len(value)
             elif kind == "blob":
                 try:
