@@ -176,7 +176,7 @@ def settings_entries(settings, base_dir=None, cloud_state=None, where="settings"
         if isinstance(key, str) and key.startswith("_"):
             continue
         try:
-            schema.check_name(key, "settings key")
+            schema.check_name(key)
             kind = _kind(key, value)
             if kind == BINARY and value == "":
                 continue
@@ -219,11 +219,11 @@ def read_settings(path):
     if not isinstance(doc, dict):
         raise ProvisionError("settings %s: expected a JSON object" % path)
     settings = {}
-    for key, value in doc.items():
+    for position, (key, value) in enumerate(doc.items(), 1):
         if key.startswith("_"):
             continue
         try:
-            name, kind = schema.declared(key)
+            name, kind = schema.declared(key, position)
             if not (kind == BINARY and value == ""):
                 schema.check_value(name, kind, value)
         except SchemaError as exc:
@@ -387,7 +387,7 @@ def read_batch(path):
     columns = []
     for number, cell in enumerate(header, 1):
         try:
-            columns.append(schema.declared(cell))
+            columns.append(schema.declared(cell, number))
         except SchemaError as exc:
             raise ProvisionError("%s header, column %d: %s" % (path.name, number, exc)) from None
     keys = [k for k, _ in columns]

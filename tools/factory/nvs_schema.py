@@ -15,6 +15,8 @@ check_value() is the one type check for settings and batch files alike; its mess
 key and never hold the value.
 """
 import argparse
+import difflib
+import re
 import sys
 
 NAMESPACE = "dynreg"
@@ -103,34 +105,48 @@ class SchemaError(ValueError):
     """A key or value that does not fit the schema; the message names the key, never the value."""
 
 
-def check_name(name, what="key"):
-    """Raise SchemaError unless `name` is a usable NVS key."""
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
+
+
+def label(name, position=None):
+    """How a message names a key: quoted if it is one dynreg reads or looks like a key (snake_case), else
+    by its position only (a header row lost above the data makes a secret a "key")."""
+    if name in BY_NAME or (isinstance(name, str) and _SNAKE.fullmatch(name)):
+        return "key %r" % name
+    return "key #%d" % position if position else "a key"
+
+
+def check_name(name, what="key", position=None):
+    """Raise SchemaError unless `name` is a usable NVS key (`what` prefixes the message)."""
     if not isinstance(name, str) or not name:
         raise SchemaError("%s: NVS keys are non-empty strings" % what)
     size = len(name.encode())
     if size > MAX_KEY_BYTES:
-        raise SchemaError("%s %r is %d bytes; NVS keys are at most %d" % (what, name, size, MAX_KEY_BYTES))
+        raise SchemaError("%s%s is %d bytes; NVS keys are at most %d"
+                          % (what + " " if what != "key" else "", label(name, position), size, MAX_KEY_BYTES))
 
 
-def declared(header):
-    """(name, kind or None) of a key as written in a settings file or batch header: "name" or "name:type".
+def declared(header, position=None):
+    """(name, kind) of a key as written in a settings file or batch header: "name" or "name:type".
 
     ":i32", ":blob" (text) and ":file" (binary, from a file) declare a key dynreg does not read,
     for the application's own use; a known key keeps its schema type.
     """
     name, _, kind = header.strip().partition(":")
     name, kind = name.strip(), kind.strip()
-    check_name(name, "key")
+    check_name(name, "key", position)
     if not kind:
         if name not in BY_NAME:
-            raise SchemaError("key %r is not one dynreg reads (a typo?); to store a key of your own, declare its "
-                              "type: %s:blob, %s:i32 or %s:file" % (name, name, name, name))
+            near = difflib.get_close_matches(name, list(BY_NAME), 1)
+            raise SchemaError("%s is not one dynreg reads%s; to store a key of your own, declare its type: "
+                              "name:blob, name:i32 or name:file" % (label(name, position),
+                                                                     " (did you mean %r?)" % near[0] if near else ""))
         return name, BY_NAME[name].kind
     kinds = {"i32": I32, "blob": TEXT, "text": TEXT, "file": BINARY}
     if kind not in kinds:
-        raise SchemaError("key %r: type %r must be i32, blob or file" % (name, kind))
+        raise SchemaError("%s: the type after ':' must be i32, blob or file" % label(name, position))
     if name in BY_NAME and (kinds[kind] == I32) != (BY_NAME[name].kind == I32):
-        raise SchemaError("key %r: dynreg reads it as %s" % (name, BY_NAME[name].nvs_type))
+        raise SchemaError("%s: dynreg reads it as %s" % (label(name, position), BY_NAME[name].nvs_type))
     return name, kinds[kind] if name not in BY_NAME else BY_NAME[name].kind
 
 
