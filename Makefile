@@ -36,7 +36,7 @@ build/deps/.stamp: tools/fetch_deps.py | $(VENV)/.stamp
 setup: $(VENV)/.stamp build/deps/.stamp  ## create the venv and fetch device dependencies
 
 sim: setup  ## boot a new simulated board against a fresh local cloud (SETTINGS=, INTERP=micropython|cpython)
-	$(PY) tools/sim.py --cloud --fresh --settings $(SETTINGS) --interp $(INTERP) --umqtt $(UMQTT) --state build/sim/board --cloud-state build/sim/cloud
+	$(PY) -m tools.sim --cloud --fresh --settings $(SETTINGS) --interp $(INTERP) --umqtt $(UMQTT) --state build/sim/board --cloud-state build/sim/cloud
 
 test: setup  ## run every test (what CI runs)
 	$(PY) -m pytest -q host_tests
@@ -44,8 +44,8 @@ test: setup  ## run every test (what CI runs)
 cloud: setup  ## run the cloud emulator in the foreground (ARGS="--host 0.0.0.0 --cert-name 192.168.1.10")
 	$(PY) -m tools.cloud --state build/cloud $(ARGS)
 
-bench: setup  ## RAM, flash, round trips, boot time vs the official SDK, a fleet of 1,000 (tools/bench.py; ARGS=--quick)
-	$(PY) tools/bench.py $(ARGS)
+bench: setup  ## RAM, flash, round trips, boot time vs the official SDK, a fleet of 1,000 (tools/bench/; ARGS=--quick)
+	$(PY) -m tools.bench $(ARGS)
 
 clean:  ## remove build output (keeps the venv and the boards' NVS backups in build/nvs-backup)
 	if [ -d build ]; then find build -mindepth 1 -maxdepth 1 ! -name nvs-backup -exec rm -rf {} +; fi
@@ -56,19 +56,19 @@ MPREMOTE = $(PY) -m mpremote
 BOARDS   = $(patsubst boards/%/board.json,%,$(wildcard boards/*/board.json))
 # $(call need,VAR,hint): stop before anything runs when VAR is unset.
 need = $(if $($(1)),,$(error $(1)= is required: $(2)))
-# $(call fact,FIELD): one fact of BOARD's partition layout (tools/boards.py, stdlib only).
-fact = $(or $(shell $(PYTHON) tools/boards.py "$(BOARD)" $(1) --partition "$(PARTITION)" 2>/dev/null),$(error BOARD=$(BOARD) PARTITION=$(PARTITION): no $(1) (boards: $(BOARDS))))
-# $(real_board): stop unless BOARD is a real board (the simulated one boots images with tools/sim.py --nvs).
-real_board = $(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(call fact,chip)),$(error BOARD=$(BOARD) has no serial port: boot an image with tools/sim.py --nvs IMAGE))
+# $(call fact,FIELD): one fact of BOARD's partition layout (tools/factory/boards.py, stdlib only).
+fact = $(or $(shell $(PYTHON) tools/factory/boards.py "$(BOARD)" $(1) --partition "$(PARTITION)" 2>/dev/null),$(error BOARD=$(BOARD) PARTITION=$(PARTITION): no $(1) (boards: $(BOARDS))))
+# $(real_board): stop unless BOARD is a real board (the simulated one boots images with python -m tools.sim --nvs).
+real_board = $(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(call fact,chip)),$(error BOARD=$(BOARD) has no serial port: boot an image with python -m tools.sim --nvs IMAGE))
 ESPTOOL_AT = $(ESPTOOL) --chip $(call fact,chip) --port $(PORT) --baud $(BAUD)
 BACKUP    = build/nvs-backup/$(notdir $(PORT)).bin
 # $(call private,FILE): prefix of a command that writes FILE, which holds secrets: 0600 whatever the umask
 # (an existing file is chmod-ed first: esptool reopens it and keeps its mode).
 private = { [ ! -e $(1) ] || chmod 600 $(1); } && umask 077 &&
 NVS_WRITE = build/nvs-backup/$(notdir $(PORT)).write.bin
-# lib/dynreg goes to the board compiled by mpy-cross -O3 (tools/flash.py stage), as `make bench` measures it.
+# lib/dynreg goes to the board compiled by mpy-cross -O3 (tools/factory/flash.py stage), as `make bench` measures it.
 define deploy_cmds
-	$(PY) tools/flash.py stage
+	$(PY) tools/factory/flash.py stage
 	$(MPREMOTE) connect $(PORT) cp -r build/deploy/lib : + cp firmware/boot.py firmware/main.py :
 endef
 
@@ -76,7 +76,7 @@ flash: setup  ## backup NVS, firmware, NVS (keeps a device secret unless FORCE=1
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)$(if $(FIRMWARE),$(if $(wildcard $(FIRMWARE)),,$(error FIRMWARE=$(FIRMWARE) not found)))$(if $(NVS),$(if $(wildcard $(NVS)),,$(error NVS=$(NVS) not found)))
 	@mkdir -p build/nvs-backup
 	$(call private,$(BACKUP)) $(ESPTOOL_AT) --after no-reset read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(BACKUP)
-	$(PY) tools/flash.py choose-nvs --board $(BOARD) --partition $(PARTITION) --backup $(BACKUP)$(if $(NVS), --nvs $(NVS))$(if $(FORCE), --force) --out $(NVS_WRITE)
+	$(PY) tools/factory/flash.py choose-nvs --board $(BOARD) --partition $(PARTITION) --backup $(BACKUP)$(if $(NVS), --nvs $(NVS))$(if $(FORCE), --force) --out $(NVS_WRITE)
 	$(if $(FIRMWARE),$(ESPTOOL_AT) --after no-reset write-flash $(call fact,firmware_offset) $(FIRMWARE),@echo "flash: no FIRMWARE= given: the board keeps its MicroPython")
 	$(ESPTOOL_AT) write-flash $(call fact,nvs_offset) $(NVS_WRITE)
 	$(deploy_cmds)
@@ -89,13 +89,13 @@ nvs-backup: setup  ## save the board's NVS region: BOARD= PORT= [FILE=build/nvs-
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)
 	@mkdir -p $(dir $(or $(FILE),$(BACKUP)))
 	$(call private,$(or $(FILE),$(BACKUP))) $(ESPTOOL_AT) read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(or $(FILE),$(BACKUP))
-	$(PY) tools/flash.py show $(or $(FILE),$(BACKUP))
+	$(PY) tools/factory/flash.py show $(or $(FILE),$(BACKUP))
 
 nvs-restore: setup  ## write a saved NVS region back: BOARD= PORT= [FILE=build/nvs-backup/<port>.bin] [PARTITION=ota]
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)
-	$(PY) tools/flash.py show --board $(BOARD) --partition $(PARTITION) $(or $(FILE),$(BACKUP))
+	$(PY) tools/factory/flash.py show --board $(BOARD) --partition $(PARTITION) $(or $(FILE),$(BACKUP))
 	$(ESPTOOL_AT) write-flash $(call fact,nvs_offset) $(or $(FILE),$(BACKUP))
 
 provision: setup  ## NVS images from a batch file: CSV= BOARD= [PARTITION=ota] [OUT=build/nvs]
 	$(call need,CSV,the batch file)$(call need,BOARD,one of $(BOARDS))
-	$(PY) tools/provision.py $(CSV) --board $(BOARD) --partition $(PARTITION) --out $(OUT)
+	$(PY) tools/factory/provision.py $(CSV) --board $(BOARD) --partition $(PARTITION) --out $(OUT)

@@ -15,6 +15,15 @@ sys.path.insert(0, str(REPO))
 from host_tests.cloudproc import PYTHON, start_emulator, stop_emulator  # noqa: E402
 
 INTERPS = ("micropython", "cpython")
+SIM_RUNNER = REPO / "tools" / "sim" / "run.py"  # python -m tools.sim, by path (any cwd)
+
+
+def board_path(interp):
+    """The directories boards/sim/rom.py puts first on the board's sys.path (its shims and the NVS codec)."""
+    dirs = [str(REPO / "boards" / "sim" / "modules"), str(REPO / "tools" / "factory")]
+    if interp == "cpython":
+        dirs.insert(0, str(REPO / "boards" / "sim" / "cpython"))
+    return dirs
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
 # A test registry: the sim's products plus ones the tests need to themselves.
 EXTRA_TENCENT = {
@@ -80,7 +89,7 @@ def interp(request):
 
 
 class Run:
-    """What one tools/sim.py run printed and returned."""
+    """What one run of the sim runner (tools/sim) printed and returned."""
 
     def __init__(self, proc):
         self.rc = proc.returncode
@@ -101,7 +110,7 @@ def board(tmp_path, cloud, interp):
     def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None):
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(settings))
-        args = [PYTHON, str(REPO / "tools" / "sim.py"), "--settings", str(path), "--interp", interp,
+        args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", interp,
                 "--state", str(state or tmp_path / "board"), "--cloud-state", str(cloud.state),
                 "--max-boots", str(max_boots), "--umqtt", umqtt]
         if fresh:

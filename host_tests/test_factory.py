@@ -14,12 +14,9 @@ import sys
 
 import pytest
 
-from host_tests.conftest import PYTHON, REPO, WIFI
-from tools import boards, flash, provision
-
-_spec = importlib.util.spec_from_file_location("_factory_nvsformat", REPO / "boards" / "sim" / "modules" / "nvsformat.py")
-nvsformat = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nvsformat)
+from host_tests.conftest import PYTHON, REPO, SIM_RUNNER, WIFI
+from tools.factory import boards, flash, nvsformat, provision
+from tools.sim import run as sim
 
 REAL_BOARDS = {  # board -> (chip, firmware offset)
     "ESP32_GENERIC": ("esp32", "0x1000"),
@@ -32,7 +29,7 @@ SECRET = "DWHXR7Ik6m6IS6ifKTQMMZUA"
 
 
 def tool(name, *args, cwd=REPO, timeout=60):
-    return subprocess.run([PYTHON, str(REPO / "tools" / (name + ".py"))] + [str(a) for a in args], cwd=cwd,
+    return subprocess.run([PYTHON, str(REPO / "tools" / "factory" / (name + ".py"))] + [str(a) for a in args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -109,7 +106,7 @@ def test_board_facts(name):
         for r in layout["table"]:
             assert int(r[3], 16) >= end, r
             end = int(r[3], 16) + int(r[4], 16)
-    out = subprocess.run([sys.executable, "tools/boards.py", name, "firmware_offset"], cwd=REPO,
+    out = subprocess.run([sys.executable, "tools/factory/boards.py", name, "firmware_offset"], cwd=REPO,
                          capture_output=True, text=True).stdout.strip()
     assert out == fw
 
@@ -119,7 +116,7 @@ def test_sim_board_and_errors():
     assert boards.load("sim")["firmware_offset"] is None
     with pytest.raises(boards.BoardError, match="unknown board"):
         boards.load("ESP32_NOPE")
-    proc = subprocess.run([sys.executable, "tools/boards.py", "ESP32_NOPE", "chip"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "tools/factory/boards.py", "ESP32_NOPE", "chip"], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "unknown board" in proc.stderr
 
@@ -183,9 +180,6 @@ def test_build_image_api_and_shared_settings(tmp_path, ca_pem):
     assert image == provision.build_image({"platform": "ucloud", "tls": 0, "raw": b"\x00\xff", "n": -7})
     assert len(provision.build_image({}, size=0x4000)) == 0x4000
     # the simulated board's settings files go through the same conversion
-    sim_spec = importlib.util.spec_from_file_location("_factory_sim", REPO / "tools" / "sim.py")
-    sim = importlib.util.module_from_spec(sim_spec)
-    sim_spec.loader.exec_module(sim)
     (tmp_path / "ca.pem").write_bytes(ca_pem.read_bytes())
     settings = {"platform": "tencent", "reg_port": 1, "ca": {"file": "ca.pem"}}
     assert sim.nvs_values(settings, tmp_path, tmp_path) == provision.settings_entries(settings, base_dir=tmp_path)
@@ -276,7 +270,7 @@ def _steps(text):
     """The board-touching commands of a recipe, in order, without the interpreter path."""
     steps = []
     for line in text.splitlines():
-        m = re.search(r"-m (esptool|mpremote) (.*)$", line) or re.search(r"tools/flash\.py (choose-nvs .*)$", line)
+        m = re.search(r"-m (esptool|mpremote) (.*)$", line) or re.search(r"tools/factory/flash\.py (choose-nvs .*)$", line)
         if m:
             steps.append(" ".join(m.groups()) if m.lastindex == 2 else m.group(1))
     return steps
@@ -324,11 +318,11 @@ def test_make_n_other_targets(tmp_path):
     assert "flash.py show --board ESP32_GENERIC --partition ota saved.bin" in proc.stdout  # size checked first
     assert "esptool --chip esp32 --port /dev/ttyUSB1 --baud 460800 write-flash 0x9000 saved.bin" in proc.stdout
     proc = make_n("deploy", "PORT=/dev/ttyUSB0")
-    assert "tools/flash.py stage" in proc.stdout
+    assert "tools/factory/flash.py stage" in proc.stdout
     assert "-m mpremote connect /dev/ttyUSB0 cp -r build/deploy/lib : + cp firmware/boot.py firmware/main.py :" \
            in proc.stdout
     proc = make_n("provision", "CSV=lot.csv", "BOARD=ESP32_GENERIC_C3", "PARTITION=ota")
-    assert "tools/provision.py lot.csv --board ESP32_GENERIC_C3 --partition ota --out build/nvs" in proc.stdout
+    assert "tools/factory/provision.py lot.csv --board ESP32_GENERIC_C3 --partition ota --out build/nvs" in proc.stdout
     for args, expect in ((["flash", "PORT=/dev/ttyUSB0"], "BOARD= is required"),
                          (["flash", "BOARD=ESP32_GENERIC"], "PORT= is required"),
                          (["flash", "BOARD=ESP32_NOPE", "PORT=x"], "BOARD=ESP32_NOPE PARTITION=default: no chip"),
@@ -455,7 +449,7 @@ def test_factory_image_boots_registers_and_reads_back(tmp_path, cloud, interp):
     macs = {"micropython": ("fa0001000001", "fa0001000002"), "cpython": ("fa0002000001", "fa0002000002")}[interp]
     for mac in macs:
         state = tmp_path / ("board-" + mac)
-        run = subprocess.run([PYTHON, str(REPO / "tools" / "sim.py"), "--settings", str(settings), "--nvs", str(factory),
+        run = subprocess.run([PYTHON, str(SIM_RUNNER), "--settings", str(settings), "--nvs", str(factory),
                               "--interp", interp, "--state", str(state), "--cloud-state", str(cloud.state),
                               "--mac", mac, "--max-boots", "4"], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, timeout=180)

@@ -1,6 +1,6 @@
 """Faults (issue 5): power cuts at every step of the boot flow, network failures, a rejected secret.
 
-Power cuts come from the simulated board (tools/sim.py --fault: nvs_write:N, nvs_commit:N) or from
+Power cuts come from the simulated board (the sim runner's --fault: nvs_write:N, nvs_commit:N) or from
 host_tests/faultproxy.py, a byte-level proxy between board and emulator that cuts the board's power
 (SIGUSR1 to the runner: SIGKILL of the running boot) at an exact point of a connection. Every case must
 end registered and logged in, with the device's NVS and the emulator's devices.json agreeing on the
@@ -13,7 +13,6 @@ Counts go to build/robustness/faults.json.
 import base64
 import hashlib
 import http.client
-import importlib.util
 import json
 import os
 import re
@@ -24,18 +23,16 @@ import time
 
 import pytest
 
-from host_tests.conftest import INTERPS, PYTHON, REPO, mqtt_settings, tencent_settings
+from host_tests.conftest import INTERPS, PYTHON, REPO, SIM_RUNNER, mqtt_settings, tencent_settings
 from host_tests.faultproxy import CONNACK_UNAVAILABLE, HTTP_503, FaultProxy
 from tools.cloud import registry as cloud_registry
 from tools.cloud import tencent as cloud_tencent
+from tools.factory import nvsformat
 
 RESULTS = REPO / "build" / "robustness"
 RETRY = {"retry_ms": 50, "retry_max_ms": 400}
 CASES = []  # dicts: name, interp, faults (injected events), passed
 
-_spec = importlib.util.spec_from_file_location("_faults_nvsformat", REPO / "boards" / "sim" / "modules" / "nvsformat.py")
-nvsformat = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nvsformat)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,7 +58,7 @@ def record(name, interp, faults):
 
 
 class Board:
-    """One board (state directory) run by tools/sim.py against the session's emulator."""
+    """One board (state directory) run by the sim runner against the session's emulator."""
 
     def __init__(self, cloud, tmp_path, interp, settings):
         self.cloud, self.interp, self.settings = cloud, interp, settings
@@ -75,7 +72,7 @@ class Board:
     def run(self, fresh=True, fault=None, cut_on=None, max_boots=5, timeout=90):
         path = self.dir.parent / "settings.json"
         path.write_text(json.dumps(self.settings))
-        args = [PYTHON, str(REPO / "tools" / "sim.py"), "--settings", str(path), "--interp", self.interp,
+        args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", self.interp,
                 "--state", str(self.dir), "--cloud-state", str(self.cloud.state), "--max-boots", str(max_boots)]
         if fresh:
             args.append("--fresh")

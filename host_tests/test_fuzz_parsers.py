@@ -272,7 +272,7 @@ def _add_cpython_compat():
 def _load_driver():
     _add_cpython_compat()
     # Appended, not prepended: the host's own modules (ssl above all) keep precedence in this process.
-    for d in ("boards/sim/cpython", "boards/sim/modules", "firmware/lib"):
+    for d in ("boards/sim/cpython", "boards/sim/modules", "tools/factory", "firmware/lib"):
         if str(REPO / d) not in sys.path:
             sys.path.append(str(REPO / d))
     env = {"__name__": "fuzz_driver"}

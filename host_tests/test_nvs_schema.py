@@ -93,7 +93,7 @@ def test_firmware_copies_of_the_facts():
 
 
 def test_board_copies_of_the_facts():
-    nvsformat = _module("_schema_nvsformat", REPO / "boards" / "sim" / "modules" / "nvsformat.py")
+    nvsformat = _module("_schema_nvsformat", REPO / "tools" / "factory" / "nvsformat.py")
     assert nvsformat.MAX_KEY == schema.MAX_KEY_BYTES
     assert nvsformat.DEFAULT_SIZE == schema.PARTITION_SIZE
     sim = json.loads((REPO / "boards" / "sim" / "board.json").read_text())

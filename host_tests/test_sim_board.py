@@ -1,4 +1,4 @@
-"""Tests of the simulated ESP32 board (boards/sim), its runner (tools/sim.py)
+"""Tests of the simulated ESP32 board (boards/sim), its runner (tools/sim)
 and tools/fetch_deps.py.
 
 Shim tests run the same snippet under the MicroPython unix port and CPython:
@@ -6,7 +6,7 @@ under MicroPython the real ssl/cryptolib/socket are used, so agreement of the
 two runs checks the CPython stand-ins against the real thing.
 """
 import datetime
-import importlib.util
+import importlib
 import ipaddress
 import json
 import shutil
@@ -25,32 +25,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from host_tests.conftest import SIM_RUNNER, board_path
+
 REPO = Path(__file__).resolve().parent.parent
 SIM = REPO / "boards" / "sim"
 INTERPS = ["micropython", "cpython"]
 MICROPYTHON = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
 
 
-def load_tool(name):
-    """Import tools/<name>.py without needing the repo on sys.path."""
-    spec = importlib.util.spec_from_file_location("_test_" + name, REPO / "tools" / (name + ".py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fetch_deps = load_tool("fetch_deps")
-sim = load_tool("sim")
-_spec = importlib.util.spec_from_file_location("_test_nvsformat", SIM / "modules" / "nvsformat.py")
-nvsformat = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(nvsformat)
+fetch_deps = importlib.import_module("tools.fetch_deps")
+sim = importlib.import_module("tools.sim.run")
+nvsformat = importlib.import_module("tools.factory.nvsformat")
 
 
 def run_board(interp, code, tmp_path, env=None, extra_path=(), timeout=30):
     """Run a snippet with the board's shims on sys.path; return CompletedProcess."""
-    dirs = [str(SIM / "modules")] + [str(p) for p in extra_path]
-    if interp == "cpython":
-        dirs.insert(0, str(SIM / "cpython"))
+    dirs = board_path(interp) + [str(p) for p in extra_path]
     header = "import sys\nsys.path[:0] = %r\n" % dirs
     script = tmp_path / ("snippet_%s.py" % interp)
     script.write_text(header + textwrap.dedent(code))
@@ -575,7 +565,7 @@ def write_settings(tmp_path, settings):
 
 
 def run_sim(*args, timeout=60):
-    command = [sys.executable, str(REPO / "tools" / "sim.py")] + [str(a) for a in args]
+    command = [sys.executable, str(SIM_RUNNER)] + [str(a) for a in args]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,14 +1,15 @@
 """ROM of the simulated ESP32 board: what runs between power-on and main.py.
 
-The runner (tools/sim.py) starts one interpreter process per boot:
+The runner (tools/sim, `python -m tools.sim`) starts one interpreter process per boot:
 `micropython rom.py` (MicroPython unix port) or `python rom.py` (CPython).
 This script, valid under both, then does what the ROM and MicroPython's
 startup do on the board:
 
 1. sys.path in the board's order: built-in modules first (boards/sim/modules:
    esp32 NVS, network WLAN, machine, ntptime, ussl; under CPython preceded by
-   boards/sim/cpython, stand-ins for MicroPython's cryptolib, ssl, usocket, ...),
-   then '' (the firmware directory, i.e. the board's / ), '.frozen' (MicroPython),
+   boards/sim/cpython, stand-ins for MicroPython's cryptolib, ssl, usocket, ...;
+   followed by tools/factory, whose nvsformat.py is the NVS codec the esp32 shim
+   and the factory tools share), then '' (the firmware directory, i.e. the board's / ), '.frozen' (MicroPython),
    the dependency directories (frozen into the real firmware), firmware/lib.
 2. chdir to the firmware directory.
 3. Run boot.py and, if it succeeded, main.py, in one shared globals dict
@@ -64,7 +65,8 @@ def _add_cpython_compat():
 def _search_path(here, firmware):
     separator = getattr(os, "pathsep", ":")  # MicroPython's os has no pathsep
     extra = [p for p in (os.getenv("DYNREG_SIM_PATH") or "").split(separator) if p]
-    path = [here + "/modules", ""]
+    repo = here[: here.rfind("/", 0, here.rfind("/"))]  # here is <repo>/boards/sim
+    path = [here + "/modules", repo + "/tools/factory", ""]
     if _CPYTHON:
         path.insert(0, here + "/cpython")
     else:

@@ -224,7 +224,7 @@ def markdown():
                                                           "yes" if k.secret else ""))
     lines += [
         "",
-        "Secret keys are never shown by the tools (errors, `tools/flash.py show`) and files holding them are "
+        "Secret keys are never shown by the tools (errors, `tools/factory/flash.py show`) and files holding them are "
         "created 0600.",
         "An identity key (`%s`) holding one of the null values (%s) means \"not registered yet\"."
         % ("`, `".join(IDENTITY_KEYS), ", ".join("`%s`" % v.decode() if v else "empty" for v in NULL_SECRETS)),

@@ -1,9 +1,10 @@
 """Simulated esp32 module: NVS (non-volatile storage) on an ESP-IDF NVS partition image.
 
 Runs under MicroPython (unix port) and CPython. The flash is a binary NVS
-partition in ESP-IDF's format (version 2, see nvsformat.py): the board boots
-from exactly the image esp-idf-nvs-partition-gen writes for a real board, and
-what it commits is stored in that format.
+partition in ESP-IDF's format (version 2, see tools/factory/nvsformat.py, which
+rom.py puts on the board's path): the board boots from exactly the image
+esp-idf-nvs-partition-gen writes for a real board, and what it commits is
+stored in that format.
 
 Semantics follow ports/esp32/esp32_nvs.c over ESP-IDF's nvs_* API:
 - only i32 and blob values; a missing key or a key of another type (a string,
@@ -127,7 +128,7 @@ def _create_private(path):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         os.chmod(path, 0o600)  # a stale file keeps its mode through O_CREAT
         return
-    # MicroPython's unix port has no os.open nor chmod: tools/sim.py starts the board with umask 077;
+    # MicroPython's unix port has no os.open nor chmod: the runner (tools/sim) starts the board with umask 077;
     # started otherwise, the shell fixes the mode (once per commit, only when the umask let it through).
     open(path, "wb").close()
     if os.stat(path)[0] & 0o077:

@@ -1,7 +1,7 @@
 """Simulated machine module: reset() and unique_id() of the simulated ESP32.
 
 Runs under MicroPython (unix port) and CPython. reset() ends the interpreter
-process with exit code RESET_EXIT; the runner (tools/sim.py) then boots a
+process with exit code RESET_EXIT; the runner (tools/sim) then boots a
 fresh process: RAM is gone, the NVS file is kept.
 """
 import binascii

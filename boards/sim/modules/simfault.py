@@ -1,6 +1,6 @@
 """Fault injection for the simulated board's hardware stand-ins (not part of any real board).
 
-The runner (tools/sim.py --fault SPEC) sets DYNREG_SIM_FAULT for ONE boot; later boots are
+The runner (tools/sim, --fault SPEC) sets DYNREG_SIM_FAULT for ONE boot; later boots are
 clean. SPEC is a comma-separated list of:
 
   nvs_write:N     power lost at the N-th NVS set_i32/set_blob of this boot: the writes before it

@@ -1,6 +1,6 @@
 """Board descriptions: boards/<BOARD>/board.json -> what the factory tools need.
 
-    python tools/boards.py BOARD FIELD [--partition default|ota]
+    python tools/factory/boards.py BOARD FIELD [--partition default|ota]
 
 prints one field (the Makefile reads its offsets this way):
 chip, firmware_offset, flash_size, nvs_offset, nvs_size, partition_csv.
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BOARDS_DIR = REPO / "boards"
 PARTITIONS = ("default", "ota")
 FIELDS = ("chip", "firmware_offset", "flash_size", "nvs_offset", "nvs_size", "partition_csv")

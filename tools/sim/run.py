@@ -7,7 +7,8 @@ port (`micropython`, default) or CPython (`--interp cpython`). What the ESP32
 provides and a PC lacks comes from boards/sim/:
 
 - boards/sim/modules/ (both interpreters): esp32.NVS on a binary NVS
-  partition image in ESP-IDF's format (nvsformat.py) with the board's
+  partition image in ESP-IDF's format (tools/factory/nvsformat.py, the
+  factory tools' codec, on the board's path too) with the board's
   semantics (i32 and blob only, 15-byte keys, ESP-IDF error codes, nothing
   durable before commit(), the partition's capacity); network.WLAN
   against one simulated access point; machine.reset() / unique_id();
@@ -28,11 +29,11 @@ The runner
    becomes a UTF-8 blob, an int an i32, {"file": "path"} the file's bytes
    (PEM converted to DER; relative to the settings file; "@cloud/x" = x in the
    cloud emulator's state directory). Keys starting with "_" are comments.
-   Checked by the NVS schema as tools/provision.py checks a batch file: a key
-   dynreg does not read, or a value of the wrong type, is an error naming it.
-   The image is made as tools/provision.py makes it for a real board, by
+   Checked by the NVS schema as tools/factory/provision.py checks a batch file:
+   a key dynreg does not read, or a value of the wrong type, is an error naming it.
+   The image is made as tools/factory/provision.py makes it for a real board, by
    esp-idf-nvs-partition-gen (i32 and blob entries only).
-   --nvs IMAGE instead boots from a factory image made by tools/provision.py
+   --nvs IMAGE instead boots from a factory image made by tools/factory/provision.py
    for a real board, byte for byte (copied in as esptool would flash it).
 2. With --cloud, first starts the cloud emulator (python -m tools.cloud
    --state CLOUD_STATE) for the duration of the run, listening where the
@@ -63,7 +64,6 @@ Exit codes: 0 main.py returned; 1 the firmware raised (traceback shown);
 any other code is the board's own.
 """
 import argparse
-import importlib.util
 import os
 import re
 import shutil
@@ -74,7 +74,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SIM_DIR = REPO / "boards" / "sim"
 RESET_EXIT = 86
 POWER_CUT_EXIT = 87  # boards/sim/modules/simfault.py: an injected power cut
@@ -85,13 +85,14 @@ DEFAULT_MAC = "240ac4123456"
 CLOUD_START_TIMEOUT = 30
 
 
-# The settings format belongs to tools/provision.py, which makes the factory images of real boards, and
-# the keys, types and limits to the NVS schema: sim settings are checked by the same code.
-sys.path.insert(0, str(REPO))
-from tools.factory import private  # noqa: E402
+# The settings format belongs to tools/factory/provision.py, which makes the factory images of real boards,
+# and the keys, types and limits to the NVS schema: sim settings are checked by the same code.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from tools.factory import nvsformat, private  # noqa: E402  the board's own NVS codec
 from tools.factory.nvs_schema import NAMESPACE, PARTITION_SIZE as NVS_SIZE  # noqa: E402
-from tools.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
-from tools.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
+from tools.factory.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
+from tools.factory.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
 
 
 def say(message):
@@ -100,34 +101,25 @@ def say(message):
 
 
 def nvs_values(settings, settings_dir, cloud_state):
-    """{key: int | bytes}: what goes into NVS for these settings (tools/provision.py converts)."""
+    """{key: int | bytes}: what goes into NVS for these settings (tools/factory/provision.py converts)."""
     return settings_entries(settings, base_dir=settings_dir, cloud_state=cloud_state)
-
-
-def _load_module(name, path):
-    """A private instance of a module file (the board's nvsformat)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def factory_image(values, size=NVS_SIZE):
     """The factory NVS partition image holding values ({key: int | bytes}) in namespace "dynreg".
 
-    Made by tools/provision.py's build_image(), i.e. by esp-idf-nvs-partition-gen
+    Made by tools/factory/provision.py's build_image(), i.e. by esp-idf-nvs-partition-gen
     (i32 and base64 blob rows): the image a real board would be flashed with.
     Checked first against the board's capacity (the board's nvsformat lays
     entries out as the generator does and names ESP-IDF's error) and read back
     afterwards with the board's own reader.
     """
-    nvsformat = _load_module("_sim_nvsformat", SIM_DIR / "modules" / "nvsformat.py")
     items = {key: ("i32", v) if isinstance(v, int) else ("blob", bytes(v)) for key, v in values.items()}
     try:
         nvsformat.build({NAMESPACE: items}, size)
     except OSError as exc:
         raise SetupError("settings do not fit in NVS: %s" % exc.strerror) from None
-    image = build_image(values, size)  # raises SetupError (tools/provision.py's ProvisionError)
+    image = build_image(values, size)  # raises SetupError (provision's ProvisionError)
     if nvsformat.parse(image) != {NAMESPACE: items}:
         raise SetupError("the generated NVS image does not read back as the settings")
     return image
@@ -139,7 +131,7 @@ def provision(values, nvs_path, size=NVS_SIZE):
 
 
 def flash_image(image_path, nvs_path):
-    """Copy a factory NVS image (tools/provision.py) into the board, as esptool write-flash would."""
+    """Copy a factory NVS image (tools/factory/provision.py) into the board, as esptool write-flash would."""
     try:
         image = Path(image_path).read_bytes()
     except OSError as exc:
@@ -346,14 +338,14 @@ def boot_loop(command, env, interp, max_boots, boot_timeout, fault=None, cut_on=
 
 
 def build_parser():
-    """The command line of tools/sim.py."""
+    """The command line of the runner (python -m tools.sim)."""
     parser = argparse.ArgumentParser(description="Boot the firmware on the simulated ESP32 board.")
     parser.add_argument("--settings", required=True, help="settings JSON: factory NVS contents")
     parser.add_argument("--interp", choices=("micropython", "cpython"), default="micropython", help="interpreter of the board")
     parser.add_argument("--firmware", default=str(REPO / "firmware"), help="firmware directory")
     parser.add_argument("--state", help="board state directory (default build/sim/<settings name>)")
     parser.add_argument("--fresh", action="store_true", help="re-provision NVS (and with --cloud: forget cloud devices)")
-    parser.add_argument("--nvs", metavar="IMAGE", help="boot from this NVS partition image (tools/provision.py), "
+    parser.add_argument("--nvs", metavar="IMAGE", help="boot from this NVS partition image (tools/factory/provision.py), "
                         "as if flashed: replaces the board's NVS (the settings then only give the Wi-Fi and cloud ports)")
     parser.add_argument("--cloud", action="store_true", help="run the cloud emulator during the run")
     parser.add_argument("--cloud-state", default=str(REPO / "build" / "cloud"), help='directory "@cloud/" refers to')

@@ -1,6 +1,6 @@
 """Factory provisioning: NVS partition images for dynreg boards from a batch file.
 
-    python tools/provision.py BATCH.csv --board ESP32_GENERIC [--partition ota] [--out build/nvs]
+    python tools/factory/provision.py BATCH.csv --board ESP32_GENERIC [--partition ota] [--out build/nvs]
         [--only NAME] [--gen-csv] [--flash PORT [--force] [--dry-run]]
 
 The batch file
@@ -41,7 +41,7 @@ sizes (the device reads blobs up to 4096 bytes) and the partition capacity,
 including room for what the device stores when it registers.
 
 --flash PORT writes one image (the only one, or --only NAME) to the board on
-PORT with esptool at the board's NVS offset, through tools/flash.py: the
+PORT with esptool at the board's NVS offset, through tools/factory/flash.py: the
 board's current NVS is saved first and, if it already holds a device secret,
 nothing is written unless --force. --dry-run prints the commands instead.
 
@@ -63,7 +63,7 @@ import re
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -507,7 +507,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from tools import boards
+    from tools.factory import boards
 
     def error(message, code=2):
         print("provision: error: %s" % message, file=sys.stderr)
@@ -549,11 +549,15 @@ def main(argv=None):
         print("%s: %s (%s, %s, %d keys: %s)" % (path, where, board["board"], hex(size), len(entries),
                                                   ", ".join(entries)))
     if args.flash:
-        from tools import flash
+        # The flash tool builds on this module (NVS facts, images); it runs as its own process so that
+        # the two do not import each other.
+        import subprocess
 
-        return flash.main(["nvs-write", "--board", args.board, "--partition", args.partition, "--port", args.flash,
-                           "--image", str(out / (built[0][0] + ".bin"))]
-                          + (["--force"] if args.force else []) + (["--dry-run"] if args.dry_run else []))
+        sys.stdout.flush()
+        return subprocess.run([sys.executable, str(REPO / "tools" / "factory" / "flash.py"), "nvs-write",
+                               "--board", args.board, "--partition", args.partition, "--port", args.flash,
+                               "--image", str(out / (built[0][0] + ".bin"))]
+                              + (["--force"] if args.force else []) + (["--dry-run"] if args.dry_run else [])).returncode
     return 0
 
 

@@ -1,8 +1,11 @@
 """ESP-IDF NVS partitions (format version 2, "multipage blob"): read and write.
 
-Pure Python, valid under MicroPython (unix port) and CPython. The simulated
-board's esp32.NVS keeps its flash in this format, so it boots from the very
-image esp-idf-nvs-partition-gen writes for a real board.
+Pure Python, valid under MicroPython (unix port) and CPython: the factory
+tools read images with it, and the simulated board's esp32.NVS
+(boards/sim/modules/esp32.py; boards/sim/rom.py puts this directory on the
+board's path) keeps its flash in this format, so it boots from the very
+image esp-idf-nvs-partition-gen writes for a real board. Stdlib only, no
+imports from tools: the board imports it as a top-level module.
 
 The format (ESP-IDF components/nvs_flash, nvs_partition_gen.py):
 - the partition is a row of 4096-byte pages. Page header (32 bytes): state

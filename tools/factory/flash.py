@@ -6,7 +6,7 @@ every firmware write wipes the device secret. An activated device cannot
 register again, so the device secret must survive: this tool saves the NVS
 region first and writes back what has to be kept.
 
-    python tools/flash.py flash --board B --port P [--partition ota] [--firmware FW.bin]
+    python tools/factory/flash.py flash --board B --port P [--partition ota] [--firmware FW.bin]
         [--nvs FACTORY.bin] [--force] [--dry-run] [--backup FILE]
         (a) esptool read-flash of the NVS region into build/nvs-backup/<port>.bin
         (b) the backup holds a dynreg device secret (dev_secret, dev_cert or
@@ -18,13 +18,13 @@ region first and writes back what has to be kept.
         Without --nvs, (d) writes the backup back: a firmware upgrade that keeps
         the board's settings and identity. --dry-run prints the commands and the
         decision, taken on --backup if that file exists (else as for a blank board).
-    python tools/flash.py choose-nvs --backup B [--nvs FACTORY.bin] [--force] --out OUT [--board B]
+    python tools/factory/flash.py choose-nvs --backup B [--nvs FACTORY.bin] [--force] --out OUT [--board B]
         step (b) alone (the Makefile runs the steps itself): copies the image
         (d) must write to OUT and says why.
-    python tools/flash.py nvs-write --board B --port P --image IMG [--force] [--dry-run]
+    python tools/factory/flash.py nvs-write --board B --port P --image IMG [--force] [--dry-run]
         provision --flash: save the NVS region, then write IMG there unless
         the board holds a device secret (exit 1) or --force.
-    python tools/flash.py show IMAGE
+    python tools/factory/flash.py show IMAGE
         what an NVS image holds: namespaces, keys, types; secret values masked.
 
 A backup that holds an identity is also copied to keep/ beside it
@@ -33,19 +33,17 @@ Backups and copies hold the board's secrets: they are created 0600 whatever the 
 Exit codes: 0 done; 1 refused (a device secret would be overwritten); 2 bad input.
 """
 import argparse
-import importlib.util
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools import boards  # noqa: E402
-from tools.factory import private  # noqa: E402
+from tools.factory import boards, nvsformat, private  # noqa: E402
 from tools.factory.nvs_schema import IDENTITY_KEYS, NAMESPACE, SECRET_KEYS, is_null  # noqa: E402
 
 BACKUP_DIR = REPO / "build" / "nvs-backup"
@@ -57,20 +55,12 @@ class FlashError(Exception):
     """Bad input found before touching the board (message is safe to print)."""
 
 
-def nvsformat():
-    """boards/sim/modules/nvsformat.py: the ESP-IDF NVS partition reader."""
-    spec = importlib.util.spec_from_file_location("_dynreg_nvsformat", REPO / "boards" / "sim" / "modules" / "nvsformat.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def read_image(image):
     """{namespace: {key: (type, value)}} of an NVS image; {} for erased flash; FlashError if unreadable."""
     if not image.strip(b"\xff"):
         return {}
     try:
-        return nvsformat().parse(image)
+        return nvsformat.parse(image)
     except (ValueError, OSError) as exc:
         raise FlashError("not an NVS partition image: %s" % exc) from None
 
@@ -224,7 +214,7 @@ def run(command, dry_run):
 def cmd_flash(args):
     board = boards.load(args.board, args.partition)
     if board["firmware_offset"] is None:
-        raise FlashError("board %s has no flash to write (the simulated board boots with tools/sim.py)" % args.board)
+        raise FlashError("board %s has no flash to write (the simulated board boots with python -m tools.sim)" % args.board)
     backup = Path(args.backup) if args.backup else backup_path(args.port)
     chosen_out = backup.with_name(backup.stem + ".write.bin")
     if args.nvs:
@@ -238,7 +228,7 @@ def cmd_flash(args):
     run(read_nvs_command(board, args.port, backup), args.dry_run)
     # (b) keep an identity unless forced
     if args.dry_run:
-        show_command([sys.executable, "tools/flash.py", "choose-nvs", "--board", args.board, "--partition",
+        show_command([sys.executable, "tools/factory/flash.py", "choose-nvs", "--board", args.board, "--partition",
                       args.partition, "--backup", str(backup)] + (["--nvs", args.nvs] if args.nvs else [])
                      + (["--force"] if args.force else []) + ["--out", str(chosen_out)])
     chosen, notes = choose(backup, args.nvs, args.force, archive=not args.dry_run)
@@ -279,7 +269,7 @@ def cmd_choose(args):
 def cmd_nvs_write(args):
     board = boards.load(args.board, args.partition)
     if board["firmware_offset"] is None:
-        raise FlashError("board %s has no flash to write (the simulated board boots with tools/sim.py)" % args.board)
+        raise FlashError("board %s has no flash to write (the simulated board boots with python -m tools.sim)" % args.board)
     check_image_size(board, args.image, "image")
     backup = Path(args.backup) if args.backup else backup_path(args.port)
     if not args.dry_run:
@@ -351,7 +341,7 @@ def build_parser():
     board_args(p)
     p.add_argument("--port", required=True)
     p.add_argument("--firmware", help="merged MicroPython firmware .bin for the board")
-    p.add_argument("--nvs", help="factory NVS image (tools/provision.py)")
+    p.add_argument("--nvs", help="factory NVS image (tools/factory/provision.py)")
     p.add_argument("--force", action="store_true", help="write --nvs even over a device secret")
     p.add_argument("--backup", help="backup file (default build/nvs-backup/<port>.bin)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
