@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from host_tests.conftest import REPO
-from tools import provision
+from tools.factory import provision
 from tools.factory import nvs_schema as schema
 
 CA_DIR = REPO / "tools" / "factory" / "ca"
