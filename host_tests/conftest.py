@@ -107,7 +107,7 @@ class Run:
 def board(tmp_path, cloud, interp):
     """board(settings, fresh=True, **runner options) -> Run; checks no secret reached the output."""
 
-    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None):
+    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None, extra=()):
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(settings))
         args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", interp,
@@ -117,6 +117,7 @@ def board(tmp_path, cloud, interp):
             args.append("--fresh")
         if mac:
             args += ["--mac", mac]
+        args += list(extra)  # more runner options, e.g. ("--fault", "nvs_write:2")
         proc = subprocess.run(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         result = Run(proc)

@@ -1,0 +1,66 @@
+"""Damaged NVS is told apart from a board that never registered (the identity marker dev_id), and a
+power cut during registration never looks like damage. The sim's NVS is corrupted between boots the
+way flash goes bad; its reader skips what ESP-IDF skips (tools/factory/nvsformat.py)."""
+import random
+
+from host_tests.conftest import tencent_settings
+from tools.factory import nvsformat
+
+PID = "SIMPSK0001"
+PAGE, ENTRY, FIRST_ENTRY = 4096, 32, 64
+
+
+def registrations(cloud, name):
+    record = cloud.devices().get("tencent", {}).get("%s/%s" % (PID, name))
+    return record["registrations"] if record else 0
+
+
+def registered_board(board, cloud, tmp_path, name):
+    first = board(tencent_settings(cloud, PID, name))
+    assert first.rc == 0 and "registering tencent device" in first.out and "mqtt: logged in" in first.out, first
+    nvs = tmp_path / "board" / "nvs.bin"
+    assert nvsformat.parse(nvs.read_bytes())["dynreg"]["dev_id"] == ("blob", ("tencent/" + name).encode())
+    return nvs
+
+
+def test_a_flipped_byte_in_the_secret_is_damage_not_a_new_board(board, cloud, interp, tmp_path):
+    name = "damage-%s" % interp
+    nvs = registered_board(board, cloud, tmp_path, name)
+    image = bytearray(nvs.read_bytes())
+    at = image.find(b"dev_secret\x00") - 8  # the key field of the secret's first item: its data chunk
+    assert at > 0 and (at % PAGE - FIRST_ENTRY) % ENTRY == 0
+    image[at + ENTRY] ^= 0x01  # one bit of the secret itself: the chunk's CRC no longer matches
+    nvs.write_bytes(bytes(image))
+    assert "dev_secret" not in nvsformat.parse(bytes(image))["dynreg"]  # unreadable, as on ESP-IDF
+    before = registrations(cloud, name)
+    second = board(tencent_settings(cloud, PID, name), fresh=False)
+    assert second.rc == 1, second  # ConfigError: retrying cannot help, the REPL stays usable
+    assert "NVS damaged: it holds the marker of device tencent/%s but no device secret" % name in second.out
+    assert "make nvs-restore" in second.out and "registering tencent device" not in second.out
+    assert registrations(cloud, name) == before  # no new registration, no identity replaced
+
+
+def test_an_erased_or_garbled_partition_is_reported_as_such(board, cloud, interp, tmp_path):
+    name = "erased-%s" % interp
+    nvs = registered_board(board, cloud, tmp_path, name)
+    size = len(nvs.read_bytes())
+    garbage = bytes(random.Random(7).getrandbits(8) for _ in range(size))
+    for image in (nvsformat.erased(size), garbage):
+        nvs.write_bytes(image)
+        run = board(tencent_settings(cloud, PID, name), fresh=False)
+        assert run.rc == 1, run
+        assert "NVS namespace 'dynreg' is empty (erased, unreadable pages skipped, or never written)" in run.out
+        assert "make nvs-restore" in run.out and "NVS key 'platform' is None" not in run.out
+
+
+def test_a_power_cut_before_the_marker_is_a_registered_board(board, cloud, interp, tmp_path):
+    """Registration writes the secret, then the marker: cut between the two, the board is registered (its
+    secret is whole) and gets its marker at its first login; it is never taken for damage."""
+    name = "cut-%s" % interp
+    run = board(tencent_settings(cloud, PID, name), extra=("--fault", "nvs_write:2"))
+    assert run.rc == 0, run
+    assert "power cut (fault injected)" in run.out and "NVS damaged" not in run.out
+    assert run.out.count("registering tencent device") == 1 and "mqtt: logged in" in run.out
+    keys = nvsformat.parse((tmp_path / "board" / "nvs.bin").read_bytes())["dynreg"]
+    assert keys["dev_id"] == ("blob", ("tencent/" + name).encode()) and keys["dev_secret"][1]
+    assert registrations(cloud, name) == 1
