@@ -64,3 +64,19 @@ def test_a_power_cut_before_the_marker_is_a_registered_board(board, cloud, inter
     keys = nvsformat.parse((tmp_path / "board" / "nvs.bin").read_bytes())["dynreg"]
     assert keys["dev_id"] == ("blob", ("tencent/" + name).encode()) and keys["dev_secret"][1]
     assert registrations(cloud, name) == 1
+
+
+def test_a_refused_registration_says_what_may_be_wrong(board, cloud, interp, tmp_path):
+    """Secret and marker both lost on an activated device: it registers again, the cloud refuses, and its
+    failure line (each retry, the last one) says how to recover instead of looping silently."""
+    name = "lost-%s" % interp
+    nvs = registered_board(board, cloud, tmp_path, name)
+    keys = nvsformat.parse(nvs.read_bytes())["dynreg"]
+    kept = dict((k, v) for k, v in keys.items() if k not in ("dev_secret", "dev_id"))
+    nvs.write_bytes(bytes(nvsformat.build({"dynreg": kept}, len(nvs.read_bytes()))))
+    run = board(tencent_settings(cloud, PID, name), fresh=False)  # NVS kept: max_tries=1 from the factory
+    assert run.rc == 1, run
+    assert run.out.count("registration refused: FailedOperation.DeviceAlreadyActivated") == 1
+    assert "giving up after 1 attempts; last: DynregError: tencent: registration refused: FailedOperation." \
+           "DeviceAlreadyActivated" in run.out
+    assert run.out.count("if this board registered before, its NVS lost the device secret: make nvs-restore") == 1
