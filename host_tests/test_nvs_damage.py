@@ -2,8 +2,9 @@
 power cut during registration never looks like damage. The sim's NVS is corrupted between boots the
 way flash goes bad; its reader skips what ESP-IDF skips (tools/factory/nvsformat.py)."""
 import random
+import subprocess
 
-from host_tests.conftest import tencent_settings
+from host_tests.conftest import PYTHON, REPO, tencent_settings
 from tools.factory import nvsformat
 
 PID = "SIMPSK0001"
@@ -80,3 +81,20 @@ def test_a_refused_registration_says_what_may_be_wrong(board, cloud, interp, tmp
     assert "giving up after 1 attempts; last: DynregError: tencent: registration refused: FailedOperation." \
            "DeviceAlreadyActivated" in run.out
     assert run.out.count("if this board registered before, its NVS lost the device secret: make nvs-restore") == 1
+
+
+def test_flash_tools_name_a_damaged_backup(tmp_path):
+    from tools.factory import provision
+
+    image = tmp_path / "backup.bin"
+    image.write_bytes(provision.build_image({"platform": "tencent", "prod_id": PID, "dev_id": "tencent/lamp-1"}))
+    shown = subprocess.run([PYTHON, str(REPO / "tools" / "factory" / "flash.py"), "show", str(image)],
+                           capture_output=True, text=True)
+    assert "identity: DAMAGED: the board's NVS holds the marker of device tencent/lamp-1" in shown.stdout
+    factory = tmp_path / "factory.bin"
+    factory.write_bytes(provision.build_image({"platform": "tencent", "prod_id": PID}))
+    chosen = subprocess.run([PYTHON, str(REPO / "tools" / "factory" / "flash.py"), "choose-nvs", "--backup",
+                             str(image), "--nvs", str(factory), "--out", str(tmp_path / "w.bin")],
+                            capture_output=True, text=True)
+    assert chosen.returncode == 0 and "WARNING: the board's NVS holds the marker" in chosen.stderr
+    assert "make nvs-restore" in chosen.stderr

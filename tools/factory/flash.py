@@ -73,6 +73,21 @@ def identity(contents):
     return held, (name[1].decode(errors="replace") if name and name[0] == "blob" and name[1] else None)
 
 
+def damaged(contents):
+    """The identity marker (dev_id) of an NVS that lost its identity, else None: such a board was registered
+    and its secret is gone (flash damage); a factory image would make it register again."""
+    keys = contents.get(NAMESPACE, {})
+    marker = keys.get("dev_id")
+    if identity(contents)[0] or not marker or marker[0] != "blob" or not marker[1]:
+        return None
+    return marker[1].decode(errors="replace")
+
+
+DAMAGED = ("the board's NVS holds the marker of device %s but no device secret: damaged flash. Restore the "
+           "board's own backup (make nvs-restore FILE=build/nvs-backup/keep/...) instead of a factory image: "
+           "an activated device is refused when it registers again")
+
+
 def port_name(port):
     """A file name for a serial port: /dev/ttyUSB0 -> ttyUSB0, COM3 -> COM3."""
     return Path(port).name or "port"
@@ -186,6 +201,8 @@ def choose(backup, factory, force, archive=True):
             notes.append("         the factory image %s is NOT written (FORCE=1 / --force would overwrite the "
                          "device's identity; an activated device cannot register again)" % factory)
         return Path(backup), notes
+    if damaged(contents):
+        notes.append("WARNING: " + DAMAGED % damaged(contents))
     if factory:
         notes.append("no device secret on the board: writing the factory image %s" % factory)
         return Path(factory), notes
@@ -324,8 +341,11 @@ def cmd_show(args):
                 shown = repr(value)
             print("  %-15s %-4s %s" % (key, kind, shown))
     held, name = identity(contents)
-    print("identity: %s" % (("/".join(held) + (" of device %r" % name if name else "")) if held
-                            else "none (the device registers at its next boot)"))
+    if damaged(contents):
+        print("identity: DAMAGED: " + DAMAGED % damaged(contents))
+    else:
+        print("identity: %s" % (("/".join(held) + (" of device %r" % name if name else "")) if held
+                                else "none (the device registers at its next boot)"))
     return 0
 
 
