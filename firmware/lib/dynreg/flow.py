@@ -27,9 +27,8 @@ def _attempt(st, platform, name, ctx):
     if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
         marker = st.text("dev_id")
         if marker:
-            raise ConfigError("NVS damaged: it holds the marker of device %s but no device secret; not registering "
-                              "again. Write the board's NVS backup back (make nvs-restore), or delete the device "
-                              "in the cloud console and flash a factory image" % marker)
+            raise ConfigError("NVS damaged: marker of %s, no device secret; not registering again: restore the "
+                              "board's NVS backup (make nvs-restore)" % marker)
         log("no device secret in NVS: registering %s device %r" % (platform, name))
         # Only this boot imports the registration module, and only the login boot the login module.
         items = __import__("dynreg.%s_reg" % platform, None, None, ["register"]).register(st, name, ctx)
@@ -62,12 +61,9 @@ def run():
     """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
     st = Store()
     platform = st.text("platform")
-    if platform is None and st.get("prod_id") is None:
-        marker = st.text("dev_id")
-        state = "damaged (the marker of device %s, no settings)" % marker if marker else \
-            "empty (erased, unreadable pages skipped, or never written)"
-        raise ConfigError("NVS namespace 'dynreg' is %s: flash a factory image (make provision, make flash) or "
-                          "the board's backup (make nvs-restore)" % state)
+    if platform is None and st.get("prod_id") is None:  # ESP-IDF skips what it cannot read: nothing left
+        raise ConfigError("NVS namespace 'dynreg' is empty (erased, unreadable or never written): flash a factory "
+                          "image or the board's backup (make nvs-restore)")
     if platform not in ("tencent", "ucloud", "protco"):
         raise ConfigError("NVS key 'platform' is %r, not tencent, ucloud or protco" % platform)
     name = st.text("dev_name")
@@ -98,7 +94,7 @@ def run():
             why = "%s: %s" % (type(e).__name__, e)
         gc.collect()
         if "registration refused" in why:  # a lockout: say why it may be, at every retry
-            why += "; if this board registered before, its NVS lost the device secret: make nvs-restore"
+            why += "; registered before? its NVS lost the secret: make nvs-restore"
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
         wait = backoff_ms(attempt, base, cap)
