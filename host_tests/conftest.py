@@ -12,7 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from host_tests.cloudproc import PYTHON, start_emulator, stop_emulator  # noqa: E402
+from tools.cloud.proc import EPHEMERAL, Emulator  # noqa: E402
+
+PYTHON = str(REPO / ".venv" / "bin" / "python")
 
 INTERPS = ("micropython", "cpython")
 SIM_RUNNER = REPO / "tools" / "sim" / "run.py"  # python -m tools.sim, by path (any cwd)
@@ -67,6 +69,11 @@ class Cloud:
         return found
 
 
+def start_cloud(state, *args):
+    """The emulator (tools/cloud/proc.py) on ephemeral ports, its output appended to STATE/cloud.log."""
+    return Emulator.start(state, EPHEMERAL + args, log=Path(state) / "cloud.log", python=PYTHON)
+
+
 @pytest.fixture(scope="session")
 def cloud(tmp_path_factory):
     state = tmp_path_factory.mktemp("cloud")
@@ -74,10 +81,10 @@ def cloud(tmp_path_factory):
     registry["tencent"].update(EXTRA_TENCENT)
     reg_path = state / "registry.json"
     reg_path.write_text(json.dumps(registry))
-    proc, ports = start_emulator(state, registry=reg_path)
-    cloud = Cloud(state, ports, registry)
+    emu = start_cloud(state, "--registry", reg_path)
+    cloud = Cloud(state, emu.ports, registry)
     yield cloud
-    stop_emulator(proc)
+    emu.stop()
     log = cloud.log()
     assert "Traceback" not in log, log[log.find("Traceback") - 300:][:3000]
     assert not [secret for secret in cloud.secrets() if secret in log], "a secret reached the emulator's log"

@@ -2,7 +2,7 @@
 the minimum round trips, and RAM, flash and time are sane, so that a regression shows in `make test`.
 
 The bounds are loose on purpose (the quick variant bisects in 8 KiB steps and times one run); the full
-figures and the issue's targets are in README "Performance".
+figures and the targets are in docs/performance.md.
 """
 
 import json

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cloudproc import REPO, start_emulator, stop_emulator
+from host_tests.conftest import REPO, start_cloud
 from test_cloud_tencent import Mqtt, _s, registered
 from tools.cloud.protco import sign
 from tools.cloud.registry import load_registry
@@ -107,11 +107,11 @@ def console(cloud, password=CONSOLE["password"]):
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     state = tmp_path_factory.mktemp("cloud")
-    proc, ports = start_emulator(state, extra_args=["--probe-delay-ms", str(PROBE_DELAY_MS)])
-    emulator = SimpleNamespace(ports=ports, state=state, records=lambda platform: json.loads(
+    emu = start_cloud(state, "--probe-delay-ms", str(PROBE_DELAY_MS))
+    emulator = SimpleNamespace(ports=emu.ports, state=state, records=lambda platform: json.loads(
         (state / "devices.json").read_text()).get(platform, {}), log=lambda: (state / "cloud.log").read_text())
     yield emulator
-    assert stop_emulator(proc) == 0
+    assert emu.stop() == 0
     log = emulator.log()
     issued = [r["secret"] for p in ("ucloud", "protco") for r in emulator.records(p).values()]
     for secret in list(SECRET.values()) + [CONSOLE["password"]] + issued:
@@ -249,7 +249,7 @@ def test_ucloud_test_knobs(cloud):
 # -- Protco -----------------------------------------------------------------------------------
 
 def test_protco_signature_vector():
-    """PROTOCOLS.md section 4 (c)."""
+    """docs/platforms/protco.md "Test vector"."""
     assert sign("ef958e891ffa4c72ba6c64e73c5dd422", "rn014ebe0C20E122", 1662544613, "hmacSha1") == \
         "ca4ff69d9408da837ed361bd5458b9c1f92c8cbb"
 

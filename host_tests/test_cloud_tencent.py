@@ -16,7 +16,7 @@ import time
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from cloudproc import REPO, start_emulator, stop_emulator
+from host_tests.conftest import REPO, start_cloud
 from tools.cloud.tencent import legacy_signature, mqtt_password, register_signature
 
 REGISTRY = json.load(open(os.path.join(REPO, "tools", "cloud", "registry.json"), encoding="utf-8"))["tencent"]
@@ -211,9 +211,9 @@ def login(ports, pid, dn, psk, tls=False, algorithm="hmacsha256", expiry=None):
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
     state = tmp_path_factory.mktemp("cloud")
-    proc, ports = start_emulator(state)
-    yield ports
-    assert stop_emulator(proc) == 0
+    emu = start_cloud(state)
+    yield emu.ports
+    assert emu.stop() == 0
     _assert_no_secrets(state)
 
 
@@ -229,7 +229,7 @@ def _assert_no_secrets(state):
 # -- tests ------------------------------------------------------------------------------------
 
 def test_signature_vectors():
-    """PROTOCOLS.md section 4 (a) and (b)."""
+    """docs/platforms/tencent.md "Test vectors"."""
     body = b'{"ProductId":"PRODUCT_ID1","DeviceName":"DEVICENAME1"}'
     assert hashlib.sha1(body).hexdigest() == "88eef715f4c42652ef51b274f174f4f81a393f75"
     assert register_signature("PRODUCT_SECRETKEY", "ap-guangzhou.gateway.tencentdevices.com",
@@ -410,7 +410,8 @@ def test_topic_permissions(cloud):
 
 def test_state_survives_restart(tmp_path):
     state = tmp_path / "state"
-    proc, ports = start_emulator(state)
+    emu = start_cloud(state)
+    ports = emu.ports
     try:
         psk = registered(ports, PSK, "persist-1")["psk"]
         pending = registered(ports, PSK, "persist-2")["psk"]
@@ -418,14 +419,15 @@ def test_state_survives_restart(tmp_path):
         assert rc == 0
         client.close()
     finally:
-        assert stop_emulator(proc) == 0
+        assert emu.stop() == 0
     ca = (state / "ca.pem").read_bytes()
     assert not (state / "ports.json").exists()
     record = json.loads((state / "devices.json").read_text())["tencent"][f"{PSK}/persist-1"]
     assert record["activated"] is True and record["registrations"] == 1 and record["logins"] == 1
 
     # restarted with the timestamp check off: a fixed old timestamp (the C SDK's) is accepted
-    proc, ports = start_emulator(state, extra_args=["--ts-window", "0", "--cert-name", "192.0.2.7"])
+    emu = start_cloud(state, "--ts-window", "0", "--cert-name", "192.0.2.7")
+    ports = emu.ports
     try:
         assert (state / "ca.pem").read_bytes() == ca
         assert error_code(register(ports, PSK, "persist-1")[1]) == "FailedOperation.DeviceAlreadyActivated"
@@ -436,7 +438,7 @@ def test_state_survives_restart(tmp_path):
         assert rc == 0
         assert registered(ports, PSK, "persist-3", timestamp=1609430400)["encryptionType"] == 2
     finally:
-        assert stop_emulator(proc) == 0
+        assert emu.stop() == 0
     log = (state / "cloud.log").read_text()
     assert "generated server certificate for localhost, 127.0.0.1, ::1, 192.0.2.7" in log
     _assert_no_secrets(state)

@@ -1,4 +1,4 @@
-"""Device code checked piece by piece under both interpreters: PROTOCOLS.md §4 vectors, payload
+"""Device code checked piece by piece under both interpreters: the test vectors of docs/platforms/, payload
 decryption and its error cases, the null-secret rule, PEM to DER, back-off bounds."""
 
 import base64

@@ -1,4 +1,4 @@
-"""Faults (issue 5): power cuts at every step of the boot flow, network failures, a rejected secret.
+"""Faults: power cuts at every step of the boot flow, network failures, a rejected secret.
 
 Power cuts come from the simulated board (the sim runner's --fault: nvs_write:N, nvs_commit:N) or from
 host_tests/faultproxy.py, a byte-level proxy between board and emulator that cuts the board's power

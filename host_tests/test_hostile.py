@@ -1,4 +1,4 @@
-"""Hostile and broken servers (issue 5): raw TLS servers started here answer the simulated board's
+"""Hostile and broken servers: raw TLS servers started here answer the simulated board's
 registration with garbage, lies and oversize; the board must log a clear error for each, store
 nothing, back off and give up after max_tries without a crash loop.
 

@@ -1,5 +1,5 @@
 """UCloud UIoT Core and Protco rlink v2 end to end: registration over MQTT in two round trips, the
-login after it, and every refusal the issue lists — under MicroPython and CPython."""
+login after it, and every refusal docs/platforms/ucloud.md and protco.md describe — under MicroPython and CPython."""
 
 import pytest
 

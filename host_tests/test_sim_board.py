@@ -9,6 +9,7 @@ import datetime
 import importlib
 import ipaddress
 import json
+import os
 import shutil
 import socket
 import ssl
@@ -801,3 +802,32 @@ def test_fetch_deps_checks_hash_and_is_idempotent(tmp_path, sdist, monkeypatch):
     monkeypatch.setattr(fetch_deps, "download", no_network)
     assert fetch_deps.main(["--dest", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "frozen" / "umqtt" / "simple.py").exists()
+
+
+def test_fetch_deps_uses_pips_package_index(tmp_path, sdist):
+    """A mirror configured for pip (here PIP_INDEX_URL, a PEP 503 index on loopback) is where the sdist comes from."""
+    from host_tests.httpdir import Served
+
+    project = tmp_path / "mirror" / "simple" / fetch_deps.PROJECT
+    project.mkdir(parents=True)
+    (tmp_path / "mirror" / "files").mkdir()
+    (tmp_path / "mirror" / "files" / fetch_deps.SDIST_NAME).write_bytes(sdist.read_bytes())
+    (project / "index.html").write_text('<html><body><a href="../../files/%s#sha256=%s">%s</a></body></html>'
+                                        % (fetch_deps.SDIST_NAME, fetch_deps.SDIST_SHA256, fetch_deps.SDIST_NAME))
+    with Served(tmp_path / "mirror") as web:
+        env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=web.url + "simple", PIP_EXTRA_INDEX_URL="")
+        proc = subprocess.run([sys.executable, str(REPO / "tools" / "fetch_deps.py"), "--dest", str(tmp_path / "out")],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert web.paths == ["/simple/%s/" % fetch_deps.PROJECT, "/files/%s" % fetch_deps.SDIST_NAME]
+    assert (tmp_path / "out" / fetch_deps.SDIST_NAME).read_bytes() == sdist.read_bytes()
+    # the same index without the file: a clear error naming the index, nothing written
+    (tmp_path / "mirror" / "files" / fetch_deps.SDIST_NAME).unlink()
+    (project / "index.html").write_text("<html><body></body></html>")
+    with Served(tmp_path / "mirror") as web:
+        env["PIP_INDEX_URL"] = web.url + "simple"
+        proc = subprocess.run([sys.executable, str(REPO / "tools" / "fetch_deps.py"), "--dest", str(tmp_path / "none")],
+                              env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no package index pip is configured for has" in proc.stderr
+    assert web.url + "simple/" + fetch_deps.PROJECT in proc.stderr
+    assert not (tmp_path / "none" / fetch_deps.SDIST_NAME).exists()

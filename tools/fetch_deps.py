@@ -1,7 +1,12 @@
 """Fetch the firmware's third-party MicroPython code: umqtt.simple 1.3.4.
 
-Downloads the micropython-umqtt.simple 1.3.4 sdist from PyPI (pinned by
-sha256), caches it in build/deps/, and writes two variants:
+Downloads the micropython-umqtt.simple 1.3.4 sdist (pinned by sha256) from
+the package index pip is configured for (`pip config list`: index-url,
+extra-index-url, cert, proxy; PIP_* environment variables included; default
+PyPI), through the index's simple API (PEP 503), so it works wherever
+`pip install` works. (`pip download` itself cannot fetch it: the sdist has no
+setup.py or pyproject.toml, and pip refuses what it cannot build.) It caches
+the sdist in build/deps/ and writes two variants:
 - build/deps/legacy/umqtt/simple.py: the file as released on PyPI
   (MQTTClient(..., ssl=True, ssl_params={...}) -> ussl.wrap_socket(sock, **ssl_params));
 - build/deps/frozen/umqtt/simple.py: the same file with the API of the
@@ -14,12 +19,15 @@ Stdlib only.
 """
 import argparse
 import hashlib
+import html.parser
 import io
-import json
 import os
 import shutil
+import ssl
+import subprocess
 import sys
 import tarfile
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -29,7 +37,8 @@ VERSION = "1.3.4"
 SDIST_NAME = "micropython-umqtt.simple-1.3.4.tar.gz"
 SDIST_SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
 MEMBER = "micropython-umqtt.simple-1.3.4/umqtt/simple.py"
-PYPI_JSON = "https://pypi.org/pypi/%s/json" % PACKAGE
+PROJECT = "micropython-umqtt-simple"  # PACKAGE as the simple API spells it (PEP 503 normalized)
+DEFAULT_INDEX = "https://pypi.org/simple"
 
 # (old text, new text, how many times old must occur)
 FROZEN_EDITS = (
@@ -66,20 +75,74 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
-def sdist_url(timeout=30):
-    """The sdist's download URL, from PyPI's JSON API."""
-    with urllib.request.urlopen(PYPI_JSON, timeout=timeout) as reply:
-        doc = json.load(reply)
-    for item in doc["releases"].get(VERSION, []):
-        if item["packagetype"] == "sdist" and item["digests"]["sha256"] == SDIST_SHA256:
-            return item["url"]
-    raise FetchError("PyPI lists no %s %s sdist with the pinned sha256" % (PACKAGE, VERSION))
+def pip_config(run=subprocess.run):
+    """{name: value} of pip's configuration as `pip config list` reports it, the environment's PIP_* first.
+
+    pip reads its files in order (global, user, site: a later one wins) and lets PIP_* variables
+    override them all; a command's own section ([download], [install]) beats [global].
+    """
+    done = run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
+    found = {}
+    for line in done.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        section, _, name = key.rpartition(".")
+        if not sep or section not in (":env:", "global", "download", "install"):
+            continue
+        rank = {":env:": 3, "download": 2, "install": 2, "global": 1}[section]
+        if rank >= found.get(name, (0, None))[0]:
+            found[name] = (rank, value.strip().strip("'\""))
+    return dict((name, value) for name, (_, value) in found.items())
 
 
-def download(url, dest, timeout=60):
-    """Fetch url to dest (via a temporary file); check the pinned hash."""
+def opener(config):
+    """A urllib opener with pip's cert (CA bundle) and proxy settings."""
+    handlers = [urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=config.get("cert") or None))]
+    if config.get("proxy"):
+        handlers.append(urllib.request.ProxyHandler({"http": config["proxy"], "https": config["proxy"]}))
+    return urllib.request.build_opener(*handlers)
+
+
+class _Links(html.parser.HTMLParser):
+    """The href of every <a> on a PEP 503 project page."""
+
+    def __init__(self):
+        super().__init__()
+        self.links = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.links += [value for name, value in attrs if name == "href" and value]
+
+
+def sdist_url(config, open_url, timeout=30):
+    """The sdist's URL on the first index (index-url, then extra-index-url) that lists it."""
+    indexes = [config.get("index-url") or DEFAULT_INDEX] + config.get("extra-index-url", "").split()
+    tried = []
+    for index in indexes:
+        page = index.rstrip("/") + "/" + PROJECT + "/"
+        try:
+            with open_url(page, timeout=timeout) as reply:
+                text = reply.read(1 << 20).decode("utf-8", "replace")  # a project page is small
+        except (OSError, ValueError) as exc:
+            tried.append("%s (%s)" % (page, getattr(exc, "reason", exc)))
+            continue
+        links = _Links()
+        links.feed(text)
+        for href in links.links:
+            url = urllib.parse.urljoin(page, href)
+            if urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1] == SDIST_NAME:
+                return url.split("#", 1)[0]
+        tried.append("%s (no %s)" % (page, SDIST_NAME))
+    raise FetchError("no package index pip is configured for has %s: %s" % (SDIST_NAME, "; ".join(tried)))
+
+
+def download(dest, timeout=60):
+    """Fetch the sdist from pip's package index to dest (via a temporary file); check the pinned hash."""
+    config = pip_config()
+    open_url = opener(config).open
+    url = sdist_url(config, open_url)
     tmp = dest.with_name(dest.name + ".part")
-    with urllib.request.urlopen(url, timeout=timeout) as reply, open(tmp, "wb") as f:
+    with open_url(url, timeout=timeout) as reply, open(tmp, "wb") as f:
         shutil.copyfileobj(reply, f)
     if sha256_of(tmp) != SDIST_SHA256:
         tmp.unlink()
@@ -98,7 +161,7 @@ def ensure_sdist(cache_dir, sdist=None):
             raise FetchError("%s: sha256 mismatch, expected %s" % (sdist, SDIST_SHA256))
         shutil.copyfile(sdist, cached)
     else:
-        download(sdist_url(), cached)
+        download(cached)
     return cached
 
 
@@ -143,7 +206,7 @@ def fetch(dest, sdist=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fetch umqtt.simple %s for the firmware and the simulator." % VERSION)
     parser.add_argument("--dest", default=str(REPO / "build" / "deps"), help="output and cache directory")
-    parser.add_argument("--sdist", help="use this already downloaded %s instead of PyPI" % SDIST_NAME)
+    parser.add_argument("--sdist", help="use this already downloaded %s instead of the package index" % SDIST_NAME)
     args = parser.parse_args(argv)
     try:
         for path in fetch(args.dest, args.sdist):

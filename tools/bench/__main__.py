@@ -13,7 +13,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from tools.bench import fleet, flashsize, images, ram, report, sdk, timing  # noqa: E402
-from tools.bench.common import PRODUCTS, Emulator, say  # noqa: E402
+from tools.bench.common import PRODUCTS, say, start_emulator  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,7 +61,7 @@ def main(argv=None):
         result["sdk_unavailable"] = sdk_missing
     say("compiling firmware/ with mpy-cross into %s" % (out / "fw"))
     sizes = images.build(out)
-    emu = Emulator(out / "cloud", cert_names=(sdk.SDK_REG_HOST, PRODUCTS["tencent"] + ".iotcloud.tencentdevices.com"))
+    emu = start_emulator(out / "cloud", cert_names=(sdk.SDK_REG_HOST, PRODUCTS["tencent"] + ".iotcloud.tencentdevices.com"))
     failed = False
     try:
         steps = [("flash", lambda: flashsize.flash(out, emu, args.platforms, sizes)),

@@ -12,13 +12,17 @@ import threading
 import time
 from pathlib import Path
 
+from tools.cloud import proc
+from tools.platforms import PLATFORMS
+
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
 SIM = REPO / "boards" / "sim"
 UMQTT_SRC = REPO / "build" / "deps" / "frozen" / "umqtt" / "simple.py"  # what the sim runner's --umqtt frozen uses
 REGISTRY = REPO / "tools" / "cloud" / "registry.json"
 
-PRODUCTS = {"tencent": "SIMPSK0001", "ucloud": "simucloudkey0001", "protco": "simprotcokey01"}
+# Each platform's product: the one its simulated board's settings name (boards/sim/settings/<platform>.json).
+PRODUCTS = dict((p, json.loads((SIM / "settings" / (p + ".json")).read_text())["prod_id"]) for p in PLATFORMS)
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
 SUCCESS = "report 1 sent"
 
@@ -47,46 +51,28 @@ def venv_tool(name):
 
 # -- the emulator ------------------------------------------------------------------------------
 
-class Emulator:
-    """python -m tools.cloud on ephemeral ports with its own state directory."""
+class Emulator(proc.Emulator):
+    """The cloud emulator (tools/cloud/proc.py) with the registry the bench's products and secrets come from."""
 
-    def __init__(self, state, cert_names=()):
-        self.state = Path(state)
-        shutil.rmtree(self.state, ignore_errors=True)
-        self.state.mkdir(parents=True)
-        self.registry = json.loads(REGISTRY.read_text())
-        args = [sys.executable, "-m", "tools.cloud", "--state", str(self.state), "--http-port", "0",
-                "--https-port", "0", "--mqtt-port", "0", "--mqtts-port", "0"]
-        for name in cert_names:
-            args += ["--cert-name", name]
-        self.log = open(self.state / "cloud.log", "ab")
-        self.proc = subprocess.Popen(args, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        ports_file = self.state / "ports.json"
-        deadline = time.monotonic() + 60
-        while not ports_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit("bench: the cloud emulator did not start; see %s" % (self.state / "cloud.log"))
-            time.sleep(0.05)
-        time.sleep(0.05)  # written atomically (rename), but be sure it is complete
-        self.ports = json.loads(ports_file.read_text())
+    registry = json.loads(REGISTRY.read_text())
 
     def secret(self, platform, pid):
         return self.registry[platform][pid]["secret"]
 
-    def devices(self):
-        path = self.state / "devices.json"
-        return json.loads(path.read_text()) if path.exists() else {}
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+def start_emulator(state, cert_names=()):
+    """An emulator on ephemeral ports with a fresh state directory (its log: STATE/cloud.log)."""
+    state = Path(state)
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
+    args = list(proc.EPHEMERAL)
+    for name in cert_names:
+        args += ["--cert-name", name]
+    try:
+        return Emulator.start(state, args, log=state / "cloud.log", timeout=60)
+    except proc.EmulatorError as exc:
+        raise SystemExit("bench: %s" % exc) from None
+
 
 def device_settings(emu, platform, name, wifi=True):
     """Factory NVS of a board of `platform` pointed at the emulator over TLS; one attempt only."""

@@ -1,6 +1,5 @@
 """5. Fleet: a thousand devices register at once after a power cut, without and with start-up jitter."""
 import json
-import random
 import statistics
 import subprocess
 import sys
@@ -8,14 +7,14 @@ import threading
 import time
 from pathlib import Path
 
-from tools.bench.common import FIRMWARE, PRODUCTS, REPO, SIM, TAG, Emulator, say
+from tools.bench.common import FIRMWARE, PRODUCTS, REPO, SIM, TAG, say, start_emulator
 
 
 def fleet(out, n, jitter_ms, deadline_s):
     """n devices after a power cut, without and with start-up jitter, each against a fresh emulator."""
     result = {"devices": n, "platform": "tencent", "deadline_s": deadline_s, "scenarios": {}}
     for label, jitter in (("no jitter", 0), ("jitter %d ms" % jitter_ms, jitter_ms)):
-        emu = Emulator(out / ("fleet-cloud-%d" % jitter))
+        emu = start_emulator(out / ("fleet-cloud-%d" % jitter))
         try:
             spec = {"n": n, "jitter_ms": jitter, "deadline_s": deadline_s, "port": emu.ports["https"],
                     "ca": str(emu.state / "ca.der"), "pid": PRODUCTS["tencent"],
@@ -120,7 +119,7 @@ def fleet_worker(spec):
         ctx = net.tls_context(ca)  # each device makes its own at boot, as dynreg.flow.run()
         rec = devices[i]
         power_on.wait()
-        wait = (random.getrandbits(24) % (jitter + 1)) / 1000 if jitter else 0  # as dynreg.flow.run()
+        wait = flow.jitter_ms(jitter) / 1000 if jitter else 0  # as dynreg.flow.run()
         time.sleep(max(0.0, wait - (time.monotonic() - t0[0])))
         attempt, planned = 0, wait  # when the device means to send (this harness may lag behind: "attempts")
         while True:

@@ -9,7 +9,7 @@ Run it in the foreground from the repository root:
 One MQTT 3.1.1 broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is
 recognised by the shape of its username. Three platforms are emulated:
 
-Tencent (PROTOCOLS.md section 1)
+Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
   hmacsha1, algorithm header in any case) and the legacy POST /register/dev; replies are HTTP 200
   with Tencent's JSON (errors too), the device secret or certificate AES-encrypted with the

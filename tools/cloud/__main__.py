@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -11,11 +12,9 @@ import sys
 from .broker import CloudBroker, broker_config
 from .certs import Pki
 from .http import start_servers
+from ..platforms import PLATFORMS
 from .platform import ConsolePlatform, log
-from .protco import ProtcoPlatform
 from .registry import DeviceStore, load_registry
-from .tencent import TencentPlatform
-from .ucloud import UCloudPlatform
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -90,10 +89,10 @@ def main(argv=None):
         log(f"generated {made}")
     store = DeviceStore(os.path.join(state, "devices.json"))
     products = registry.products
-    platforms = [ConsolePlatform(registry.console),
-                 TencentPlatform(products.get("tencent", {}), store, pki, args.ts_window),
-                 UCloudPlatform(products.get("ucloud", {}), store),
-                 ProtcoPlatform(products.get("protco", {}), store, args.ts_window)]
+    # one module per platform, tools/cloud/<platform>.py, each with emulate() (the firmware's list)
+    platforms = [ConsolePlatform(registry.console)] + [
+        importlib.import_module(__package__ + "." + name).emulate(products.get(name, {}), store, pki, args)
+        for name in PLATFORMS]
     routes = {}
     for platform in platforms:
         routes.update(platform.http_routes())

@@ -1,4 +1,4 @@
-"""Protco rlink v2 as the emulator plays it (PROTOCOLS.md section 3): signed registration over MQTT.
+"""Protco rlink v2 as the emulator plays it (docs/platforms/protco.md): signed registration over MQTT.
 
 Both logins sign: Username "<who>|signMethod=<hmacSha256|hmacSha1>,ts=<unix s>" (method name in
 any case), Password = lowercase hex HMAC(key, "uuid=<who>,ts=<ts>"); ts must lie within
@@ -42,6 +42,14 @@ PROBED = ATTRIBUTES + "protco_probed"      # session attribute: the commands hav
 def sign(key, who, ts, method="hmacSha256"):
     """Lowercase hex HMAC(key as ASCII, "uuid=<who>,ts=<ts>") with hmacSha256 or hmacSha1."""
     return hmac.new(key.encode(), f"uuid={who},ts={ts}".encode(), HASHES[method.lower()]).hexdigest()
+
+
+OPTIONS = {"secret", "dynreg", "probe_commands", "res", "reply"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return ProtcoPlatform(products, store, args.ts_window)
 
 
 class ProtcoPlatform(MqttRegistration):

@@ -1,9 +1,9 @@
 """Product registry (read from a JSON file) and device state (kept on disk).
 
 Registry file: {"<platform>": {"<ProductId>": {product options}}, "console": {"username": ..,
-"password": ..}}; platforms are "tencent", "ucloud" and "protco", each with its own options
-(OPTIONS below; the meaning of each is in tools/cloud/__init__.py). Keys starting with "_" are
-comments, at any level.
+"password": ..}}; platforms are those of tools/platforms.py, each with its own options (OPTIONS
+in its module tools/cloud/<platform>.py; the meaning of each is in tools/cloud/__init__.py). Keys
+starting with "_" are comments, at any level.
 
 Device state file: {"<platform>": {"<key>": {record}}}; a record holds what the platform issued
 ("psk", "cert_fp" or "secret"), "activated" and counters. Keys: "<ProductId>/<DeviceName>"
@@ -16,12 +16,6 @@ import re
 import threading
 from dataclasses import dataclass
 
-# which product options each platform understands
-OPTIONS = {
-    "tencent": {"secret", "dynreg", "auto_create", "auth", "devices"},
-    "ucloud": {"secret", "dynreg", "whitelist", "retcode", "reply"},
-    "protco": {"secret", "dynreg", "probe_commands", "res", "reply"},
-}
 REPLY_KNOBS = ("normal", "none", "other_id")
 # MQTT-registration product ids end up in topics and client ids: keep them plain
 MQTT_PID = re.compile(r"[A-Za-z0-9-]{1,64}")
@@ -59,8 +53,18 @@ class Registry:
     console: Console = None
 
 
+def platform_options():
+    """{platform: the product options it understands}: each emulator module's OPTIONS (tools/cloud/<platform>.py)."""
+    import importlib
+
+    from ..platforms import PLATFORMS
+
+    return dict((p, importlib.import_module(__package__ + "." + p).OPTIONS) for p in PLATFORMS)
+
+
 def load_registry(path):
     """Read the registry file. Raises ValueError when malformed."""
+    options = platform_options()
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
     if not isinstance(raw, dict):
@@ -72,11 +76,11 @@ def load_registry(path):
         if platform == "console":
             console = _console(products)
             continue
-        if platform not in OPTIONS:
-            raise ValueError(f"registry: unknown platform {platform!r} (known: {', '.join(OPTIONS)}, console)")
+        if platform not in options:
+            raise ValueError(f"registry: unknown platform {platform!r} (known: {', '.join(options)}, console)")
         if not isinstance(products, dict):
             raise ValueError(f"registry: {platform} must map product ids to products")
-        platforms[platform] = {pid: _product(platform, pid, spec)
+        platforms[platform] = {pid: _product(platform, pid, spec, options[platform])
                                for pid, spec in products.items() if not pid.startswith("_")}
     return Registry(platforms, console)
 
@@ -88,12 +92,12 @@ def _console(spec):
     return Console(fields["username"], fields["password"])
 
 
-def _product(platform, pid, spec):
+def _product(platform, pid, spec, options):
     where = f"registry: {platform}/{pid}"
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: must be an object")
     fields = {k: v for k, v in spec.items() if not k.startswith("_")}
-    unknown = set(fields) - OPTIONS[platform]
+    unknown = set(fields) - options
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
     secret = fields.get("secret")

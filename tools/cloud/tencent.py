@@ -1,4 +1,4 @@
-"""Tencent Cloud IoT Explorer / IoT Hub as the emulator plays it (PROTOCOLS.md section 1).
+"""Tencent Cloud IoT Explorer / IoT Hub as the emulator plays it (docs/platforms/tencent.md).
 
 HTTP: POST /device/register (X-TC-* signature) and the legacy POST /register/dev.
 MQTT: login with a PSK signature or the issued client certificate, per-device topic rules,
@@ -81,6 +81,14 @@ def encrypt_payload(secret, plaintext):
     padded = plaintext + b"\0" * (-len(plaintext) % 16)
     enc = Cipher(algorithms.AES(secret[:16].encode()), modes.CBC(b"0" * 16)).encryptor()
     return len(plaintext), base64.b64encode(enc.update(padded) + enc.finalize()).decode()
+
+
+OPTIONS = {"secret", "dynreg", "auto_create", "auth", "devices"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return TencentPlatform(products, store, pki, args.ts_window)
 
 
 class TencentPlatform(Platform):

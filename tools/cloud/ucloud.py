@@ -1,4 +1,4 @@
-"""UCloud UIoT Core as the emulator plays it (PROTOCOLS.md section 2): registration over MQTT.
+"""UCloud UIoT Core as the emulator plays it (docs/platforms/ucloud.md): registration over MQTT.
 
 Registration login: ClientID "<ProductSN>.<DeviceSN>", UserName "<ProductSN>|<DeviceSN>|2",
 Password = the product secret. The product must have dynamic registration on and, when it has a
@@ -22,6 +22,14 @@ DEVICE_SN = re.compile(r"[A-Za-z0-9\-_@:]{4,64}")
 SECRET_CHARS = string.ascii_lowercase + string.digits  # like the docs' example zlc3d21u5k8fq0d2
 ACTIVATED = "1"
 BAD_REQUEST = "2"
+
+
+OPTIONS = {"secret", "dynreg", "whitelist", "retcode", "reply"}  # a product's options in the registry
+
+
+def emulate(products, store, pki, args):
+    """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
+    return UCloudPlatform(products, store)
 
 
 class UCloudPlatform(MqttRegistration):

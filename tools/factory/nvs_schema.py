@@ -19,11 +19,12 @@ import difflib
 import re
 import sys
 
+from tools.platforms import PLATFORMS  # the firmware's list (dynreg/flow.py)
+
 NAMESPACE = "dynreg"
 MAX_KEY_BYTES = 15  # ESP-IDF NVS_KEY_NAME_MAX_SIZE - 1
 MAX_BLOB = 4096  # firmware/lib/dynreg/store.py grows its read buffer up to this
 PARTITION_SIZE = 0x6000  # nvs of MicroPython's default partition table (boards/<BOARD>/board.json)
-PLATFORMS = ("tencent", "ucloud", "protco")
 # Values of an identity key that mean "not registered yet" (Tencent's C and Python SDK sentinels);
 # firmware/lib/dynreg/store.py NULL_SECRETS is the device's copy.
 NULL_SECRETS = (b"", b"YOUR_DEVICE_SECRET", b"YOUR_IOT_PSK", b"YOUR_DEVICE_CERT_FILE_NAME",

@@ -74,11 +74,12 @@ from tools.factory.nvs_schema import (BINARY, I32, IDENTITY_KEYS, NAMESPACE, PAR
 
 CA_DIR = REPO / "tools" / "factory" / "ca"  # the clouds' public CAs, one <platform>.pem each
 # What each platform stores at registration, with generous sizes: the image must leave room for it.
+# A platform not named here stores a device secret only.
 REGISTRATION_RESERVE = {
     "tencent": {"dev_secret": 64, "dev_cert": 2048, "dev_key": 2048, "dev_id": 96},
-    "ucloud": {"dev_secret": 64, "dev_id": 96},
     "protco": {"dev_secret": 64, "dev_uuid": 64, "dev_pid": 64, "dev_id": 96},
 }
+DEFAULT_RESERVE = {"dev_secret": 64, "dev_id": 96}
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
 # Errors never show a value (a shifted row puts a secret under any column); a file name is shown only
 # when it looks like one of a certificate or key file.
@@ -341,7 +342,7 @@ def check_entries(entries, size, where="settings", columns=None):
         image_from_entries(entries, size)
     except ProvisionError as exc:
         raise ProvisionError("%s: %s" % (where, exc)) from None
-    reserve = dict((k, b"\x00" * n) for k, n in REGISTRATION_RESERVE[platform.decode()].items()
+    reserve = dict((k, b"\x00" * n) for k, n in REGISTRATION_RESERVE.get(platform.decode(), DEFAULT_RESERVE).items()
                    if k not in entries)
     if reserve and not registered:
         try:

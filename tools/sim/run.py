@@ -71,7 +71,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,6 +88,7 @@ CLOUD_START_TIMEOUT = 30
 # and the keys, types and limits to the NVS schema: sim settings are checked by the same code.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from tools.cloud.proc import Emulator, EmulatorError  # noqa: E402
 from tools.factory import nvsformat, private  # noqa: E402  the board's own NVS codec
 from tools.factory.nvs_schema import NAMESPACE, PARTITION_SIZE as NVS_SIZE  # noqa: E402
 from tools.factory.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
@@ -214,37 +214,17 @@ def cloud_ports(settings):
 
 
 def start_cloud(cloud_state, settings, fresh):
-    """Start the cloud emulator and wait until it has written ports.json."""
+    """Start the cloud emulator (tools/cloud/proc.py) where the settings point the device, wait until it is ready."""
     cloud_state = Path(cloud_state).resolve()
-    cloud_state.mkdir(parents=True, exist_ok=True)
-    ports_file = cloud_state / "ports.json"
-    for stale in [ports_file] + ([cloud_state / "devices.json"] if fresh else []):
-        if stale.exists():
-            stale.unlink()
-    command = [sys.executable, "-m", "tools.cloud", "--state", str(cloud_state)] + cloud_ports(settings)
-    say("starting the cloud emulator: %s" % " ".join(command[1:]))
-    # its "cloud: ..." lines go to our stdout, unbuffered so they interleave with the board's
-    proc = subprocess.Popen(command, cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    deadline = time.monotonic() + CLOUD_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if ports_file.exists():
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    stop_cloud(proc)
-    raise SetupError("the cloud emulator did not get ready (ports in use by another one?)")
-
-
-def stop_cloud(proc):
-    """SIGTERM the emulator; SIGKILL if it does not stop within 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    devices = cloud_state / "devices.json"
+    if fresh and devices.exists():
+        devices.unlink()
+    say("starting the cloud emulator: -m tools.cloud --state %s %s" % (cloud_state, " ".join(cloud_ports(settings))))
+    try:
+        # its "cloud: ..." lines go to our stdout, unbuffered so they interleave with the board's
+        return Emulator.start(cloud_state, cloud_ports(settings), timeout=CLOUD_START_TIMEOUT)
+    except EmulatorError as exc:
+        raise SetupError(str(exc)) from None
 
 
 class PowerSwitch:
@@ -400,7 +380,7 @@ def main(argv=None):
         return EXIT_USAGE
     finally:
         if cloud is not None:
-            stop_cloud(cloud)
+            cloud.stop()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,17 @@
-"""The boot flow: read NVS; no device secret -> register, store, commit, reset; else log in over MQTT."""
+"""The boot flow: read NVS; no device secret -> register, store, commit, reset; else log in over MQTT.
+
+The platform contract. PLATFORMS is the one list of platforms (NVS key `platform`); the host tools read
+it from here. A platform <p> is two modules, so that each boot imports only what it runs:
+- dynreg/<p>_reg.py (registration boot only): register(st, name, ctx) -> [(NVS key, value), ...],
+  what the cloud issued, the device secret last (flow stores them in that order, commits, resets);
+- dynreg/<p>.py (every login boot): login(st, name, ctx) -> (umqtt client, product id, device id),
+  subscriptions(dev) -> topics, report(dev, props); optional: after_login(dev) (runs once the
+  subscriptions are sent) and handle(dev, topic, msg) -> True if the platform consumed the message.
+  OPTIONAL gives the defaults: nothing to do, nothing handled.
+Adding a platform means: those two modules and its name in PLATFORMS; its emulator module
+tools/cloud/<p>.py (and its products in tools/cloud/registry.json); boards/sim/settings/<p>.json;
+docs/platforms/<p>.md; its files in package.json. host_tests/test_platforms.py checks every part.
+"""
 
 import gc
 import random
@@ -8,6 +21,29 @@ import machine
 
 from dynreg import ConfigError, DynregError, log, net
 from dynreg.store import Store, is_null
+
+PLATFORMS = ("tencent", "ucloud", "protco")
+
+
+def _nothing(*args):
+    return False
+
+
+OPTIONAL = (("after_login", _nothing), ("handle", _nothing))
+
+
+def load(platform):
+    """The platform's login module, its optional parts filled in with OPTIONAL's defaults."""
+    plat = __import__("dynreg." + platform, None, None, ["login"])
+    for part, default in OPTIONAL:
+        if not hasattr(plat, part):
+            setattr(plat, part, default)
+    return plat
+
+
+def jitter_ms(limit_ms):
+    """A random start-up wait in [0, limit_ms]: a fleet that loses power together must not all return at once."""
+    return random.getrandbits(24) % (limit_ms + 1)
 
 
 def backoff_ms(attempt, base_ms, cap_ms):
@@ -41,7 +77,7 @@ def _attempt(st, platform, name, ctx):
         machine.reset()
     from dynreg.device import Device
 
-    plat = __import__("dynreg." + platform, None, None, ["login"])
+    plat = load(platform)
     dev = Device(plat, *plat.login(st, name, ctx))
     log("mqtt: logged in")
     if not st.get("dev_id"):  # an identity from the factory or an older firmware: mark it now it works
@@ -64,8 +100,8 @@ def run():
     if platform is None and st.get("prod_id") is None:  # ESP-IDF skips what it cannot read: nothing left
         raise ConfigError("NVS namespace 'dynreg' is empty (erased, unreadable or never written): flash a factory "
                           "image or the board's backup (make nvs-restore)")
-    if platform not in ("tencent", "ucloud", "protco"):
-        raise ConfigError("NVS key 'platform' is %r, not tencent, ucloud or protco" % platform)
+    if platform not in PLATFORMS:
+        raise ConfigError("NVS key 'platform' is %r, not one of %s" % (platform, ", ".join(PLATFORMS)))
     name = st.text("dev_name")
     if not name:  # the Wi-Fi MAC in lowercase hex
         import binascii
@@ -75,10 +111,9 @@ def run():
     # Made first, while the heap is still in one piece: the context is one block of about 3 KB. A client
     # certificate in NVS (Tencent certificate products, once registered) goes into it.
     ctx = net.tls_context(st.get("ca"), st.get("dev_cert"), st.get("dev_key")) if st.int("tls", 1) else None
-    # A fleet that loses power together must not hit the cloud in the same second when it returns.
     wait = st.int("jitter_ms", 0)
     if wait:
-        wait = random.getrandbits(24) % (wait + 1)
+        wait = jitter_ms(wait)
         log("start-up jitter: waiting %d ms" % wait)
         time.sleep_ms(wait)
     tries = st.int("max_tries", 0)

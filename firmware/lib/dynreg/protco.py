@@ -1,4 +1,5 @@
-"""Protco rlink v2: the uuid login signed with the device secret, and its commands (PROTOCOLS.md §3).
+"""Protco rlink v2: the uuid login signed with the device secret, and its commands
+(docs/platforms/protco.md "Wire format").
 
 Registration is in protco_reg.py, which only the registration boot imports.
 """
@@ -29,10 +30,6 @@ def _topic(dev, kind):
 def subscriptions(dev):
     """Commands arrive on .../issue; report replies on .../report_response."""
     return (_topic(dev, "issue"), _topic(dev, "report_response"))
-
-
-def after_login(dev):
-    """Nothing to do after a Protco login."""
 
 
 def report(dev, props):

@@ -1,11 +1,12 @@
-"""Protco rlink v2 registration: register/v2/<pid>/<unique>/register, signed with the product secret (§3).
+"""Protco rlink v2 registration: register/v2/<pid>/<unique>/register, signed with the product secret
+(docs/platforms/protco.md "Wire format").
 
 Imported by the registration boot only; protco.py has the login.
 """
 
 from dynreg import ConfigError, DynregError, crypto, mqtt, mqttreg, net
 
-# Reply `res` codes (seed 003 / protco_docs).
+# Reply `res` codes (docs/platforms/protco.md "Wire format").
 ERRORS = {
     1001: "service exception",
     1002: "invalid parameter",

@@ -4,7 +4,8 @@ import esp32
 
 from dynreg import ConfigError
 
-# Values that mean "no device secret yet" (Tencent C and Python SDK sentinels, PROTOCOLS.md §1.3).
+# Values that mean "no device secret yet": the Tencent C and Python SDK sentinels
+# (docs/platforms/tencent.md "Registration rules").
 NULL_SECRETS = (
     b"",
     b"YOUR_DEVICE_SECRET",

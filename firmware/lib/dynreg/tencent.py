@@ -1,4 +1,5 @@
-"""Tencent IoT Explorer: the MQTT login with the device's psk or certificate (PROTOCOLS.md §1.4).
+"""Tencent IoT Explorer: the MQTT login with the device's psk or certificate
+(docs/platforms/tencent.md "MQTT login").
 
 Registration is in tencent_reg.py, which only the registration boot imports.
 """
@@ -11,7 +12,10 @@ from dynreg import ConfigError, crypto, log, mqtt, net
 
 
 def mqtt_password(psk, username, method="hmacsha256"):
-    """MQTT password for a PSK device (§1.4): hex HMAC(base64-decoded psk, username) + ";" + method."""
+    """MQTT password for a PSK device: hex HMAC(base64-decoded psk, username) + ";" + method.
+
+    docs/platforms/tencent.md "MQTT login".
+    """
     key = crypto.b64decode(psk, "stored device secret")
     return crypto.hmac_hex(method, key, username) + ";" + method.lower()
 

@@ -1,4 +1,6 @@
-"""Tencent IoT Explorer registration over HTTP(S): /device/register and legacy /register/dev (PROTOCOLS.md §1).
+"""Tencent IoT Explorer registration over HTTP(S): /device/register and legacy /register/dev.
+
+Wire format: docs/platforms/tencent.md "Registration", "Legacy registration".
 
 Imported by the registration boot only; tencent.py has the login.
 """
@@ -16,7 +18,7 @@ def _b64(data):
 
 
 def sign_request(secret, host, path, method, ts, nonce, body):
-    """X-TC-Signature of a /device/register request (§1.1): base64(HMAC(secret, StringToSign))."""
+    """X-TC-Signature of a /device/register request: base64(HMAC(secret, StringToSign))."""
     name = crypto.hash_name(method)
     sts = "POST\n%s\n%s\n\n%s\n%d\n%d\n%s" % (
         host, path, method, ts, nonce, crypto.hexstr(getattr(hashlib, name)(body).digest()))
@@ -24,7 +26,7 @@ def sign_request(secret, host, path, method, ts, nonce, body):
 
 
 def sign_legacy(secret, name, nonce, pid, ts):
-    """Signature of a legacy /register/dev request (§1.2): base64 of the hex HMAC-SHA1 text."""
+    """Signature of a legacy /register/dev request: base64 of the hex HMAC-SHA1 text."""
     src = "deviceName=%s&nonce=%d&productId=%s&timestamp=%d" % (name, nonce, pid, ts)
     return _b64(crypto.hexstr(crypto.hmac("sha1", secret, src)).encode())
 

@@ -1,4 +1,4 @@
-"""UCloud UIoT Core: the static MQTT login with the device secret (PROTOCOLS.md §2).
+"""UCloud UIoT Core: the static MQTT login with the device secret (docs/platforms/ucloud.md "Wire format").
 
 Registration is in ucloud_reg.py, which only the registration boot imports.
 """
@@ -25,15 +25,6 @@ def subscriptions(dev):
     return ("/%s/%s/set" % (dev.pid, dev.ident),)
 
 
-def after_login(dev):
-    """Nothing to do after a UCloud login."""
-
-
 def report(dev, props):
     """Publish the properties as JSON on the user topic /<ProductSN>/<DeviceSN>/upload."""
     dev.publish("/%s/%s/upload" % (dev.pid, dev.ident), json.dumps(props))
-
-
-def handle(dev, topic, msg):
-    """UCloud sends nothing dynreg must answer itself."""
-    return False

@@ -1,4 +1,5 @@
-"""UCloud UIoT Core registration: the device secret over /$system/<ProductSN>/<DeviceSN>/password (§2).
+"""UCloud UIoT Core registration: the device secret over /$system/<ProductSN>/<DeviceSN>/password
+(docs/platforms/ucloud.md "Wire format").
 
 Imported by the registration boot only; ucloud.py has the login.
 """
