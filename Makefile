@@ -69,6 +69,9 @@ fact = $(or $(shell $(PYTHON) tools/factory/boards.py "$(BOARD)" $(1) --partitio
 real_board = $(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(call fact,chip)),$(error BOARD=$(BOARD) has no serial port: boot an image with python -m tools.sim --nvs IMAGE))
 ESPTOOL_AT = $(ESPTOOL) --chip $(call fact,chip) --port $(PORT) --baud $(BAUD)
 BACKUP    = build/nvs-backup/$(notdir $(PORT)).bin
+# $(call private,FILE): prefix of a command that writes FILE, which holds secrets: 0600 whatever the umask
+# (an existing file is chmod-ed first: esptool reopens it and keeps its mode).
+private = { [ ! -e $(1) ] || chmod 600 $(1); } && umask 077 &&
 # lib/dynreg goes to the board compiled by mpy-cross -O3 (tools/factory/flash.py stage), as `make bench` measures it.
 define deploy_cmds
 	$(PY) tools/factory/flash.py stage
@@ -86,7 +89,7 @@ deploy: setup  ## copy boot.py, main.py and lib/dynreg to the board with mpremot
 nvs-backup: setup  ## save the board's NVS region: BOARD= PORT= [FILE=build/nvs-backup/<port>.bin] [PARTITION=ota]
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)
 	@mkdir -p $(dir $(or $(FILE),$(BACKUP)))
-	$(ESPTOOL_AT) read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(or $(FILE),$(BACKUP))
+	$(call private,$(or $(FILE),$(BACKUP))) $(ESPTOOL_AT) read-flash $(call fact,nvs_offset) $(call fact,nvs_size) $(or $(FILE),$(BACKUP))
 	$(PY) tools/factory/flash.py show $(or $(FILE),$(BACKUP))
 
 nvs-restore: setup  ## write a saved NVS region back: BOARD= PORT= [FILE=build/nvs-backup/<port>.bin] [PARTITION=ota]

@@ -124,7 +124,8 @@ class Run:
 def board(tmp_path, cloud, interp):
     """board(settings, fresh=True, **runner options) -> Run; checks no secret reached the output."""
 
-    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None, firmware=None):
+    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None, firmware=None,
+            extra=()):
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(settings))
         args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", interp,
@@ -136,6 +137,7 @@ def board(tmp_path, cloud, interp):
             args += ["--mac", mac]
         if firmware:
             args += ["--firmware", str(firmware)]
+        args += list(extra)  # more runner options, e.g. ("--fault", "nvs_write:2")
         proc = subprocess.run(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         result = Run(proc)

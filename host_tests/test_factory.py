@@ -211,12 +211,12 @@ def test_error_key_over_15_bytes(tmp_path, ca_pem):
 
 
 def test_error_value_too_large(tmp_path, ca_pem):
-    big = ["blob%d" % i for i in range(4)]
+    big = ["blob%d:blob" % i for i in range(4)]  # keys of the application's own, declared
     r = row(dev_name="a", **{k: "x" * 4000 for k in big})
     _fails(tmp_path, [r], r"do not fit in a 0x4000-byte NVS partition", extra=("--partition", "ota"), ca=ca_pem)
     # fits the default partition, but the device could not store its certificate and key at registration
     r = row(dev_name="a", **{k: "x" * 3900 for k in big})
-    _fails(tmp_path, [r], r"leaves no room for what the device stores when it registers \(dev_cert, dev_key, "
+    _fails(tmp_path, [r], r"leaves no room for what the device stores when it registers \(dev_cert, dev_id, dev_key, "
                           r"dev_secret\)", ca=ca_pem)
     # one blob over what the device reads
     _fails(tmp_path, [row(dev_name="a", barcode="x" * 4097)], r"barcode is 4097 bytes; the device reads blobs "
@@ -230,7 +230,8 @@ def test_error_value_too_large(tmp_path, ca_pem):
     ("ca", r"ca is missing"),
 ])
 def test_error_missing_field(tmp_path, ca_pem, missing, expect):
-    _fails(tmp_path, [row(dev_name="a", **{missing: ""})], r"row 1: " + expect, ca=ca_pem)
+    _fails(tmp_path, [row(dev_name="a", **{missing: ""})], r"b.csv row 1, column %d: " % (COLUMNS.index(missing) + 1)
+           + expect, ca=ca_pem)
 
 
 def test_no_ca_needed_without_tls_nor_prod_secret_with_a_device_secret(tmp_path, ca_pem):
@@ -243,7 +244,7 @@ def test_no_ca_needed_without_tls_nor_prod_secret_with_a_device_secret(tmp_path,
 
 
 def test_error_unknown_platform(tmp_path, ca_pem):
-    _fails(tmp_path, [row(platform="aliyun")], r"unknown platform 'aliyun' \(one of tencent, ucloud, protco\)",
+    _fails(tmp_path, [row(platform="aliyun")], r"row 1, column 1: platform is not one of tencent, ucloud, protco",
            ca=ca_pem)
 
 
@@ -251,18 +252,18 @@ def test_error_ca_not_a_certificate(tmp_path, ca_pem):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "key.pem").write_bytes((ca_pem.parent / "key.pem").read_bytes())  # a key, not a certificate
     (tmp_path / "in" / "notes.txt").write_text("not a certificate at all")
-    _fails(tmp_path, [row(ca="key.pem")], r"row 1: ca \(.*key.pem\) is not an X.509 certificate")
-    _fails(tmp_path, [row(ca="notes.txt")], r"row 1: ca \(.*notes.txt\) is not an X.509 certificate")
-    _fails(tmp_path, [row(ca="missing.pem")], r"ca: cannot read .*missing.pem")
+    _fails(tmp_path, [row(ca="key.pem")], r"row 1, column 10: ca \(.*key.pem\) is not an X.509 certificate")
+    # a file name that does not look like a certificate's is not shown (it may be a shifted secret)
+    _fails(tmp_path, [row(ca="notes.txt")], r"row 1, column 10: ca \(the file it names\) is not an X.509 certificate")
+    _fails(tmp_path, [row(ca="missing.pem")], r"row 1, column 10: ca: cannot read .*missing.pem")
     # checked whenever given, also for plain TCP
     _fails(tmp_path, [row(ca="notes.txt", tls="0")], r"is not an X.509 certificate",
            columns=COLUMNS + ["tls"])
 
 
 def test_error_other_input(tmp_path, ca_pem):
-    _fails(tmp_path, [row(reg_port="https")], r"reg_port='https' is not an integer", ca=ca_pem)
-    _fails(tmp_path, [row(dev_name="x"), row(dev_name="x")], r"dev_name 'x' appears in more than one row",
-           ca=ca_pem)
+    _fails(tmp_path, [row(reg_port="https")], r"b.csv row 1, column 7: reg_port is not an integer", ca=ca_pem)
+    _fails(tmp_path, [row(dev_name="x"), row(dev_name="x")], r"rows 1, 2 have the same dev_name", ca=ca_pem)
     _fails(tmp_path, [row(platform="ucloud", dev_name="ab")], r"UCloud DeviceSN is 4-64 characters", ca=ca_pem)
     _fails(tmp_path, [row(dev_name="a")], r"unknown board", board="ESP32_NOPE", ca=ca_pem)
     _fails(tmp_path, [row(dev_name="a"), row(dev_name="b")], r"--flash writes one image; this batch makes 2",
@@ -471,7 +472,8 @@ def test_factory_image_boots_registers_and_reads_back(tmp_path, cloud, interp):
         assert record["registrations"] == 1 and record["activated"]
         assert keys["dev_secret"] == ("blob", record["psk"].encode())  # what the cloud issued, stored in NVS
         factory_keys = entries_of(factory_bytes)["dynreg"]
-        assert {k: v for k, v in keys.items() if k != "dev_secret"} == factory_keys  # settings untouched
+        assert keys["dev_id"] == ("blob", b"tencent/" + mac.encode())  # the identity marker, written after it
+        assert {k: v for k, v in keys.items() if k not in ("dev_secret", "dev_id")} == factory_keys  # untouched
         # read back as the flash tool reads a board's backup: the identity is there, the secret is not shown
         shown = tool("flash", "show", state / "nvs.bin")
         assert "identity: dev_secret" in shown.stdout and keys["dev_secret"][1].decode() not in shown.stdout

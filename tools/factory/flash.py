@@ -30,6 +30,7 @@ region first and writes back what has to be kept.
 
 A backup that holds an identity is also copied to keep/ beside it
 (build/nvs-backup/keep/, never overwritten), so a second run after a failed one cannot lose it.
+Backups and copies hold the board's secrets: they are created 0600 whatever the umask.
 Exit codes: 0 done; 1 refused (a device secret would be overwritten); 2 bad input.
 """
 import argparse
@@ -43,13 +44,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.factory import boards, nvsformat  # noqa: E402
-from tools.factory.provision import IDENTITY_KEYS, NAMESPACE, is_null  # noqa: E402
+from tools.factory import boards, nvsformat, private  # noqa: E402
+from tools.factory.nvs_schema import IDENTITY_KEYS, NAMESPACE, SECRET_KEYS, is_null  # noqa: E402
 
 BACKUP_DIR = REPO / "build" / "nvs-backup"
 DEPLOY_DIR = REPO / "build" / "deploy"
 BAUD = 460800
-SECRET_KEYS = ("prod_secret", "dev_secret", "dev_key", "wifi_pass", "replace_sec")
 
 
 class FlashError(Exception):
@@ -72,6 +72,21 @@ def identity(contents):
     held = [k for k in IDENTITY_KEYS if k in keys and keys[k][0] == "blob" and not is_null(keys[k][1])]
     name = keys.get("dev_name")
     return held, (name[1].decode(errors="replace") if name and name[0] == "blob" and name[1] else None)
+
+
+def damaged(contents):
+    """The identity marker (dev_id) of an NVS that lost its identity, else None: such a board was registered
+    and its secret is gone (flash damage); a factory image would make it register again."""
+    keys = contents.get(NAMESPACE, {})
+    marker = keys.get("dev_id")
+    if identity(contents)[0] or not marker or marker[0] != "blob" or not marker[1]:
+        return None
+    return marker[1].decode(errors="replace")
+
+
+DAMAGED = ("the board's NVS holds the marker of device %s but no device secret: damaged flash. Restore the "
+           "board's own backup (make nvs-restore FILE=build/nvs-backup/keep/...) instead of a factory image: "
+           "an activated device is refused when it registers again")
 
 
 def port_name(port):
@@ -155,7 +170,7 @@ def keep_copy(backup, name):
     while copy.exists():
         n += 1
         copy = keep / ("%s-%s-%d.bin" % (stem, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), n))
-    shutil.copyfile(backup, copy)
+    private.copy(backup, copy)
     return copy
 
 
@@ -188,6 +203,8 @@ def choose(backup, factory, force, archive=True):
             notes.append("         the factory image %s is NOT written (FORCE=1 / --force would overwrite the "
                          "device's identity; an activated device cannot register again)" % factory)
         return Path(backup), notes
+    if damaged(contents):
+        notes.append("WARNING: " + DAMAGED % damaged(contents))
     if factory:
         notes.append("no device secret on the board: writing the factory image %s" % factory)
         return Path(factory), notes
@@ -226,6 +243,7 @@ def cmd_flash(args):
     # (a) save the NVS region
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
+        private.create(backup)  # esptool fills it and keeps the mode: the backup holds the board's secrets
     run(read_nvs_command(board, args.port, backup, args.baud), args.dry_run)
     # (b) keep an identity unless forced
     chosen, notes = choose(backup, args.nvs, args.force, archive=not args.dry_run)
@@ -235,7 +253,7 @@ def cmd_flash(args):
         print("# (d) will write %s" % chosen, flush=True)
     if not args.dry_run:
         check_image_size(board, chosen, "NVS image")
-        shutil.copyfile(chosen, chosen_out)
+        private.copy(chosen, chosen_out)
     # (c) firmware, (d) NVS, (e) files
     if args.firmware:
         run(esptool(board, args.port, "write-flash", hex(board["firmware_offset"]), args.firmware, reset=False,
@@ -260,7 +278,7 @@ def cmd_choose(args):
     if board:
         check_image_size(board, chosen, "NVS image")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(chosen, args.out)
+    private.copy(chosen, args.out)
     return 0
 
 
@@ -272,6 +290,7 @@ def cmd_nvs_write(args):
     backup = Path(args.backup) if args.backup else backup_path(args.port)
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
+        private.create(backup)
     run(read_nvs_command(board, args.port, backup), args.dry_run)
     if backup.exists():
         contents = {}
@@ -309,7 +328,7 @@ def cmd_show(args):
     for namespace, keys in contents.items():
         print("namespace %s" % namespace)
         for key, (kind, value) in keys.items():
-            if kind == "blob" and (key in SECRET_KEYS or key in IDENTITY_KEYS) and value:
+            if kind == "blob" and key in SECRET_KEYS and value:
                 shown = "<%d bytes, not shown>" % len(value)
             elif kind == "blob":
                 try:
@@ -321,8 +340,11 @@ def cmd_show(args):
                 shown = repr(value)
             print("  %-15s %-4s %s" % (key, kind, shown))
     held, name = identity(contents)
-    print("identity: %s" % (("/".join(held) + (" of device %r" % name if name else "")) if held
-                            else "none (the device registers at its next boot)"))
+    if damaged(contents):
+        print("identity: DAMAGED: " + DAMAGED % damaged(contents))
+    else:
+        print("identity: %s" % (("/".join(held) + (" of device %r" % name if name else "")) if held
+                                else "none (the device registers at its next boot)"))
     return 0
 
 

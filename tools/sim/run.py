@@ -29,6 +29,8 @@ The runner
    becomes a UTF-8 blob, an int an i32, {"file": "path"} the file's bytes
    (PEM converted to DER; relative to the settings file; "@cloud/x" = x in the
    cloud emulator's state directory). Keys starting with "_" are comments.
+   Checked by the NVS schema as tools/factory/provision.py checks a batch file:
+   a key dynreg does not read, or a value of the wrong type, is an error naming it.
    The image is made as tools/factory/provision.py makes it for a real board, by
    esp-idf-nvs-partition-gen (i32 and blob entries only).
    --nvs IMAGE instead boots from a factory image made by tools/factory/provision.py
@@ -75,9 +77,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_DIR = REPO / "boards" / "sim"
-NAMESPACE = "dynreg"
-NVS_SIZE = 0x6000  # the nvs partition of MicroPython's default table (boards/sim/board.json)
-MAX_KEY_BYTES = 15
 RESET_EXIT = 86
 POWER_CUT_EXIT = 87  # boards/sim/modules/simfault.py: an injected power cut
 EXIT_USAGE = 2
@@ -87,11 +86,13 @@ DEFAULT_MAC = "240ac4123456"
 CLOUD_START_TIMEOUT = 30
 
 
-# The settings format belongs to tools/factory/provision.py, which makes the factory images of real boards.
+# The settings format belongs to tools/factory/provision.py, which makes the factory images of real boards,
+# and the keys, types and limits to the NVS schema: sim settings are checked by the same code.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from tools.cloud.proc import Emulator, EmulatorError  # noqa: E402
-from tools.factory import nvsformat  # noqa: E402  the board's own NVS codec
+from tools.factory import nvsformat, private  # noqa: E402  the board's own NVS codec
+from tools.factory.nvs_schema import NAMESPACE, PARTITION_SIZE as NVS_SIZE  # noqa: E402
 from tools.factory.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
 from tools.factory.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
 
@@ -143,12 +144,10 @@ def flash_image(image_path, nvs_path):
 
 
 def write_nvs(image, nvs_path):
-    """Put an NVS image into the board's flash file, atomically (a half-written file is no partition)."""
+    """Put an NVS image into the board's flash file, atomically (a half-written file is no partition), 0600."""
     nvs_path = Path(nvs_path)
     nvs_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = nvs_path.with_name(nvs_path.name + ".tmp")
-    tmp.write_bytes(image)
-    tmp.replace(nvs_path)
+    private.write(nvs_path, image)
 
 
 def wifi_spec(arg, settings):
@@ -272,7 +271,8 @@ def boot_loop(command, env, interp, max_boots, boot_timeout, fault=None, cut_on=
         else:
             say("boot %d (%s)" % (boot, interp))
         piped = pattern is not None
-        proc = subprocess.Popen(command, env=boot_env, stdout=subprocess.PIPE if piped else None)
+        # umask 077: the board's flash file (esp32.NVS rewrites it at each commit) holds its secrets
+        proc = subprocess.Popen(command, env=boot_env, stdout=subprocess.PIPE if piped else None, umask=0o077)
         with switch.lock:
             switch.proc, switch.cut = proc, False
         pump = None
