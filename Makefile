@@ -19,14 +19,15 @@ CSV       ?=
 OUT       ?= build/nvs
 FILE      ?=
 
-.PHONY: help sim test soak cloud setup clean flash deploy nvs-backup nvs-restore provision bench mutate
+.PHONY: help sim test soak cloud setup clean flash deploy nvs-backup nvs-restore provision bench mutate hil
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(VENV)/.stamp: requirements.txt
+$(VENV)/.stamp: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 build/deps/.stamp: tools/fetch_deps.py | $(VENV)/.stamp
@@ -96,6 +97,11 @@ nvs-restore: setup  ## write a saved NVS region back: BOARD= PORT= [FILE=build/n
 	$(real_board)$(call need,PORT,the serial port e.g. /dev/ttyUSB0)
 	$(PY) tools/factory/flash.py show --board $(BOARD) --partition $(PARTITION) $(or $(FILE),$(BACKUP))
 	$(ESPTOOL_AT) write-flash $(call fact,nvs_offset) $(or $(FILE),$(BACKUP))
+
+# WIFI_SSID and WIFI_PASS reach tools/hil through the environment, never a command line make echoes.
+hil: setup  ## a board from blank to logged in against the emulator on this PC: BOARD= PORT= [PLATFORM=] [FIRMWARE=] [FORCE=1] WIFI_SSID= [WIFI_PASS=] (docs/hil.md)
+	$(call need,BOARD,one of $(BOARDS))$(if $(filter sim,$(BOARD)),,$(call need,PORT,the serial port e.g. /dev/ttyUSB0))$(if $(FIRMWARE),$(if $(wildcard $(FIRMWARE)),,$(error FIRMWARE=$(FIRMWARE) not found)))
+	$(PY) -m tools.hil --board $(BOARD) --partition $(PARTITION) --platform $(PLATFORM)$(if $(PORT), --port $(PORT))$(if $(FIRMWARE), --firmware $(FIRMWARE))$(if $(FORCE), --force)
 
 provision: setup  ## NVS images from a batch file: CSV= BOARD= [PARTITION=ota] [OUT=build/nvs]
 	$(call need,CSV,the batch file)$(call need,BOARD,one of $(BOARDS))

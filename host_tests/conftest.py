@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from host_tests.secrets_scan import assert_clean  # noqa: E402
 from tools.cloud.proc import EPHEMERAL, Emulator  # noqa: E402
+from tools.cloud.state import read_console_password  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 
@@ -57,7 +58,7 @@ class Cloud:
 
     def secrets(self):
         """Every secret in play: product secrets and whatever the cloud issued."""
-        found = {self.registry["console"]["password"]}
+        found = {read_console_password(self.state)}
         for platform, products in self.registry.items():
             if isinstance(products, dict):
                 for p in products.values():

@@ -22,8 +22,8 @@ state in OUT/cloud), and prints one table, also written as JSON (OUT/bench.json)
    as it arrives: from "[sim] boot 1" (the runner starts the interpreter) to "report 1 sent",
    through registration, reset and login; and from "[sim] boot 2" (the login boot). The boards
    run with the network already up (no wifi_ssid), as the SDK on a PC. In the same run, the
-   official Tencent SDK for Python (tencent-iot-device 1.0.0, which the bench installs into this
-   venv with --no-deps when it is missing: it pins pycrypto, which no longer builds) registers,
+   official Tencent SDK for Python (tencent-iot-device, requirements-nodeps.txt: make setup installs
+   it with --no-deps, as the bench does when it is missing; it pins pycrypto, which no longer builds) registers,
    logs in and publishes on CPython against the same emulator, timed from its process start.
    Its hosts (ap-guangzhou.gateway.tencentdevices.com, <pid>.iotcloud.tencentdevices.com, ports
    443/8883) are mapped to the emulator by patching socket.getaddrinfo in the harness process;

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tools.cloud import proc
 from tools.platforms import PLATFORMS
+from tools.cloud.state import read_console_password
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
@@ -88,9 +89,8 @@ def device_settings(emu, platform, name, wifi=True):
     return s
 
 def floor_settings(emu, name):
-    console = emu.registry["console"]
     return dict(WIFI, dev_name=name, mqtt_host="localhost", mqtt_port=emu.ports["mqtts"], ca={"file": "@cloud/ca.pem"},
-                **{"floor_user:blob": console["username"], "floor_pass:blob": console["password"]})  # bench's own keys
+                **{"floor_user:blob": emu.registry["console"]["username"], "floor_pass:blob": read_console_password(emu.state)})  # bench's own keys
 
 
 # -- running things and timing their output --------------------------------------------------------
