@@ -82,5 +82,5 @@ def test_optional_parts_default_to_nothing(interp, tmp_path):
                         "u = flow.load('ucloud')\n"
                         "print('defaults', u.after_login(None), u.handle(None, b'/p/d/set', b'{}'))\n"
                         "t = flow.load('tencent')\n"
-                        "print('own', t.handle is not flow.OPTIONAL[1][1])\n")
+                        "print('own', t.handle is not flow._nothing)\n")
     assert "defaults False False" in out and "own True" in out

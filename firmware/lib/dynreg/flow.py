@@ -9,7 +9,7 @@ it from here. A platform <p> is two modules, so that each boot imports only what
   subscriptions(dev) -> topics, report(dev, props, qos) -> dev.publish()'s result; optional:
   after_login(dev) (runs once the subscriptions are sent, after every login) and
   handle(dev, topic, msg) -> True if the platform consumed the message.
-  OPTIONAL gives the defaults: nothing to do, nothing handled.
+  load() gives a module without them the default, _nothing: nothing to do, nothing handled.
 Adding a platform means: those two modules and its name in PLATFORMS; its emulator module
 tools/cloud/<p>.py (and its products in tools/cloud/registry.json); boards/sim/settings/<p>.json;
 docs/platforms/<p>.md; its files in package.json. host_tests/test_platforms.py checks every part.
@@ -31,15 +31,12 @@ def _nothing(*args):
     return False
 
 
-OPTIONAL = (("after_login", _nothing), ("handle", _nothing))
-
-
 def load(platform):
-    """The platform's login module, its optional parts filled in with OPTIONAL's defaults."""
+    """The platform's login module, its optional parts (after_login, handle) defaulting to _nothing."""
     plat = __import__("dynreg." + platform, None, None, ["login"])
-    for part, default in OPTIONAL:
+    for part in ("after_login", "handle"):
         if not hasattr(plat, part):
-            setattr(plat, part, default)
+            setattr(plat, part, _nothing)
     return plat
 
 
