@@ -528,6 +528,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
 
     from tools.cloud.protco import ProtcoPlatform
     from tools.cloud.registry import DeviceStore, load_registry
+    from tools.cloud.state import SeenOnce
     from tools.cloud.tencent import TencentPlatform
     from tools.cloud.ucloud import UCloudPlatform
 
@@ -542,7 +543,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
     monkeypatch.setattr(hmac, "compare_digest", spy)
     reg = load_registry(REPO / "tools" / "cloud" / "registry.json").products
     store = DeviceStore(str(tmp_path / "devices.json"))
-    tencent = TencentPlatform(reg["tencent"], store, None, 300)
+    tencent = TencentPlatform(reg["tencent"], store, None, 300, SeenOnce(str(tmp_path / "seen-tencent.json"), 600))
     ts = int(time.time())
 
     def post(path, headers, body):
@@ -551,7 +552,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
 
     def session(client_id, username, password):
         return SimpleNamespace(client_id=client_id, username=username, password=password, attributes={},
-                               ssl_object=None)
+                               ssl_object=None, keep_alive=60, will_flag=False)
 
     wrong = "WrongCredential0123456789abcdef"
     checks = {
@@ -563,7 +564,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
             "signature": wrong}))[1]["code"],
         "ucloud registration login": lambda: UCloudPlatform(reg["ucloud"], store).mqtt_authenticate(
             session("simucloudkey0001.ct-dev1", "simucloudkey0001|ct-dev1|2", wrong)),
-        "protco registration login": lambda: ProtcoPlatform(reg["protco"], store, 300).mqtt_authenticate(
+        "protco registration login": lambda: ProtcoPlatform(reg["protco"], store, 300, SeenOnce(str(tmp_path / "seen-protco.json"), 600)).mqtt_authenticate(
             session("register_simprotcokey01_ct1", "simprotcokey01|signMethod=hmacSha256,ts=%d" % ts, wrong)),
     }
     for what, check in checks.items():
