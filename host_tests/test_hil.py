@@ -58,10 +58,10 @@ def test_make_n_hil(tmp_path):
     assert (".venv/bin/python -m tools.hil --board ESP32_GENERIC --partition default --platform ucloud "
             "--port /dev/ttyUSB0 --firmware %s --force" % firmware) in proc.stdout.splitlines()
     assert "not-on-a-command-line" not in proc.stdout + proc.stderr
-    proc = make_n("hil", "BOARD=ESP32_GENERIC")
-    assert proc.returncode != 0 and "PORT= is required" in proc.stderr
-    proc = make_n("hil", "BOARD=ESP32_GENERIC", "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % (tmp_path / "none.bin"))
-    assert proc.returncode != 0 and "not found" in proc.stderr
+    proc = make_n("hil", "BOARD=ESP32_GENERIC", rc=2)
+    assert "PORT= is required" in proc.stderr
+    proc = make_n("hil", "BOARD=ESP32_GENERIC", "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % (tmp_path / "none.bin"), rc=2)
+    assert "not found" in proc.stderr
     proc = make_n("hil", "BOARD=sim")
     assert proc.returncode == 0 and "-m tools.hil --board sim --partition default --platform tencent" in proc.stdout
 

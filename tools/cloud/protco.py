@@ -53,6 +53,7 @@ def sign(key, who, ts, method="hmacSha256"):
 
 
 OPTIONS = {"secret", "dynreg", "probe_commands", "res", "reply"}  # a product's options in the registry
+ROUND_TRIPS = 2  # the fewest a registration takes: CONNECT, then SUBSCRIBE + PUBLISH
 
 
 def emulate(products, store, pki, args):

@@ -84,6 +84,7 @@ def encrypt_payload(secret, plaintext):
 
 
 OPTIONS = {"secret", "dynreg", "auto_create", "auth", "devices"}  # a product's options in the registry
+ROUND_TRIPS = 1  # the fewest a registration takes: one HTTP exchange
 
 
 def emulate(products, store, pki, args):
@@ -138,6 +139,8 @@ class TencentPlatform(Platform):
         log(f"tencent {req.path} {pid}/{dn} ok ({kind}, registration {count})")
         return 200, {"Response": {"Len": length, "Payload": payload, "RequestId": request_id}}
 
+    # The legacy API: the same checks and issue as _device_register above, but another request and reply
+    # format (its error codes and JSON shape), hence a handler of its own.
     def _register_dev(self, req):
         try:
             body = self._json_body(req)

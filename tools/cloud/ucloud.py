@@ -26,6 +26,7 @@ BAD_REQUEST = "2"
 
 
 OPTIONS = {"secret", "dynreg", "whitelist", "retcode", "reply"}  # a product's options in the registry
+ROUND_TRIPS = 2  # the fewest a registration takes: CONNECT, then SUBSCRIBE + PUBLISH
 
 
 def emulate(products, store, pki, args):
