@@ -7,7 +7,7 @@ SETTINGS ?= boards/sim/settings/$(PLATFORM).json
 INTERP   ?= micropython
 UMQTT    ?= frozen
 
-# Real boards (README "From factory to field"): BOARD is a directory of boards/ with a board.json.
+# Real boards (docs/factory.md): BOARD is a directory of boards/ with a board.json.
 BOARD     ?=
 PARTITION ?= default
 PORT      ?=

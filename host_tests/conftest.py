@@ -189,7 +189,7 @@ def mqtt_settings(cloud, platform, pid, name, **extra):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print the robustness counts (README "Failure behaviour") that the fault and hostile tests wrote."""
+    """Print the robustness counts (docs/failure-and-security.md) that the fault and hostile tests wrote."""
     for name in ("faults.json", "hostile.json"):
         path = REPO / "build" / "robustness" / name
         if path.exists():

@@ -88,7 +88,7 @@ def test_mip_install_then_register_and_log_in(served, tmp_path, cloud, board, in
     assert served.paths[0] == "/repo/package.json"
     assert "/index/package/%s/umqtt.simple/latest.json" % (mpy_version() if interp == "micropython" else "py") \
         in served.paths
-    # boot.py and main.py are the application's (README: copied with mpremote cp), not the package's
+    # boot.py and main.py are the application's (docs/factory.md: copied with mpremote cp), not the package's
     for script in ("boot.py", "main.py"):
         shutil.copy(REPO / "firmware" / script, installed / script)
     run = board(tencent_settings(cloud, PSK, "mip-%s" % interp[:2]), firmware=installed, umqtt="none")

@@ -5,8 +5,8 @@
 
 The batch file
 --------------
-A CSV file whose header names NVS keys of the "dynreg" namespace (README,
-"NVS keys"): platform, prod_id, prod_secret, wifi_ssid, wifi_pass, reg_host,
+A CSV file whose header names NVS keys of the "dynreg" namespace
+(docs/nvs-keys.md): platform, prod_id, prod_secret, wifi_ssid, wifi_pass, reg_host,
 reg_port, mqtt_host, mqtt_port, ca, dev_name, tls, ... One row per board, or
 one row for the whole batch. An empty cell leaves the key unset; an empty
 (or missing) dev_name means "the device derives its name from its Wi-Fi MAC".
@@ -491,7 +491,7 @@ class Progress:
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Make NVS partition images for dynreg boards from a batch file (CSV).",
-        epilog="Column reference and examples: README, 'From factory to field'.")
+        epilog="Column reference and examples: docs/factory.md and docs/nvs-keys.md.")
     parser.add_argument("batch", help="batch file (CSV): one row per board, or one row for the whole batch")
     parser.add_argument("--board", required=True, help="board (boards/<BOARD>/board.json): sets the NVS size")
     parser.add_argument("--partition", choices=("default", "ota"), default="default",
