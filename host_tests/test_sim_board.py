@@ -713,7 +713,8 @@ def test_runner_wifi_override(tmp_path):
     for wifi, status in (("", 201), ("sim-ap:other", 202), ("sim-ap:sim-pass-123", 1010)):
         result = run_sim("--settings", settings, "--firmware", firmware, "--state", tmp_path / "s",
                          "--wifi", wifi, "--mac", "0011AABBCCDD")
-        assert "status %d 0011aabbccdd" % status in result.stdout, result.stdout + result.stderr
+        assert result.returncode == 0 and "status %d 0011aabbccdd" % status in result.stdout, \
+            result.stdout + result.stderr
 
 
 CLOUD_MAIN = """

@@ -7,7 +7,8 @@ register again, so the device secret must survive: this tool saves the NVS
 region first and writes back what has to be kept.
 
     python tools/factory/flash.py flash --board B --port P [--partition ota] [--firmware FW.bin]
-        [--nvs FACTORY.bin] [--force] [--dry-run] [--backup FILE]
+        [--nvs FACTORY.bin] [--force] [--dry-run] [--backup FILE] [--baud 460800]
+        (`make flash` runs this)
         (a) esptool read-flash of the NVS region into build/nvs-backup/<port>.bin
         (b) the backup holds a dynreg device secret (dev_secret, dev_cert or
             dev_key that is not the null value)? warn and keep it: it is what
@@ -19,8 +20,8 @@ region first and writes back what has to be kept.
         the board's settings and identity. --dry-run prints the commands and the
         decision, taken on --backup if that file exists (else as for a blank board).
     python tools/factory/flash.py choose-nvs --backup B [--nvs FACTORY.bin] [--force] --out OUT [--board B]
-        step (b) alone (the Makefile runs the steps itself): copies the image
-        (d) must write to OUT and says why.
+        step (b) alone, on a backup already made: copies the image (d) would
+        write to OUT and says why.
     python tools/factory/flash.py nvs-write --board B --port P --image IMG [--force] [--dry-run]
         provision --flash: save the NVS region, then write IMG there unless
         the board holds a device secret (exit 1) or --force.
@@ -105,8 +106,9 @@ def esptool(board, port, *args, reset=True, baud=BAUD):
     return command + list(args)
 
 
-def read_nvs_command(board, port, path):
-    return esptool(board, port, "read-flash", hex(board["nvs_offset"]), hex(board["nvs_size"]), str(path), reset=False)
+def read_nvs_command(board, port, path, baud=BAUD):
+    return esptool(board, port, "read-flash", hex(board["nvs_offset"]), hex(board["nvs_size"]), str(path), reset=False,
+                   baud=baud)
 
 
 def deploy_command(port, staged=DEPLOY_DIR):
@@ -242,12 +244,8 @@ def cmd_flash(args):
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
         private.create(backup)  # esptool fills it and keeps the mode: the backup holds the board's secrets
-    run(read_nvs_command(board, args.port, backup), args.dry_run)
+    run(read_nvs_command(board, args.port, backup, args.baud), args.dry_run)
     # (b) keep an identity unless forced
-    if args.dry_run:
-        show_command([sys.executable, "tools/factory/flash.py", "choose-nvs", "--board", args.board, "--partition",
-                      args.partition, "--backup", str(backup)] + (["--nvs", args.nvs] if args.nvs else [])
-                     + (["--force"] if args.force else []) + ["--out", str(chosen_out)])
     chosen, notes = choose(backup, args.nvs, args.force, archive=not args.dry_run)
     for note in notes:
         say(note)
@@ -258,11 +256,12 @@ def cmd_flash(args):
         private.copy(chosen, chosen_out)
     # (c) firmware, (d) NVS, (e) files
     if args.firmware:
-        run(esptool(board, args.port, "write-flash", hex(board["firmware_offset"]), args.firmware, reset=False),
-            args.dry_run)
+        run(esptool(board, args.port, "write-flash", hex(board["firmware_offset"]), args.firmware, reset=False,
+                    baud=args.baud), args.dry_run)
     else:
         say("no firmware given: the board keeps its MicroPython")
-    run(esptool(board, args.port, "write-flash", hex(board["nvs_offset"]), str(chosen_out)), args.dry_run)
+    run(esptool(board, args.port, "write-flash", hex(board["nvs_offset"]), str(chosen_out), baud=args.baud),
+        args.dry_run)
     if not args.dry_run:
         stage_deploy()
     run(deploy_command(args.port), args.dry_run)
@@ -365,6 +364,7 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="write --nvs even over a device secret")
     p.add_argument("--backup", help="backup file (default build/nvs-backup/<port>.bin)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--baud", type=int, default=BAUD, help="serial speed of esptool (default %d)" % BAUD)
     p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("choose-nvs", help="step (b): which NVS image to write")

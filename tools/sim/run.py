@@ -36,7 +36,8 @@ The runner
    --nvs IMAGE instead boots from a factory image made by tools/factory/provision.py
    for a real board, byte for byte (copied in as esptool would flash it).
 2. With --cloud, first starts the cloud emulator (python -m tools.cloud
-   --state CLOUD_STATE) for the duration of the run, listening where the
+   --state CLOUD_STATE, through tools/cloud/proc.py) for the duration of
+   the run, listening where the
    settings point the device (reg_port, mqtt_port: TLS or plain ports
    according to "tls"), and waits until it is ready; --fresh then also drops
    the emulator's device records (CLOUD_STATE/devices.json), keeping its CA.
@@ -47,7 +48,8 @@ The runner
 Environment given to the board: DYNREG_SIM_NVS (NVS image), DYNREG_SIM_WIFI
 ("ssid\\npassword" of the access point in range, empty = none),
 DYNREG_SIM_MAC (12 hex digits), DYNREG_SIM_FIRMWARE (firmware directory),
-DYNREG_SIM_PATH (dependency directories, os.pathsep-separated).
+DYNREG_SIM_PATH (dependency directories, os.pathsep-separated: build/deps/<--umqtt>,
+none with --umqtt none, for a firmware directory that brings its own, e.g. one mip installed).
 
 Fault injection (the hardware stand-ins only; boards/sim/modules/simfault.py):
 --fault SPEC sets DYNREG_SIM_FAULT=SPEC for the FIRST boot only (later boots are
@@ -333,7 +335,8 @@ def build_parser():
     parser.add_argument("--mac", default=os.environ.get("DYNREG_SIM_MAC") or DEFAULT_MAC, help="Wi-Fi MAC, 12 hex digits")
     parser.add_argument("--max-boots", type=int, default=6, help="give up (exit 3) after this many boots")
     parser.add_argument("--boot-timeout", type=float, default=60, help="seconds per boot (0 = no limit)")
-    parser.add_argument("--umqtt", choices=("legacy", "frozen"), default="frozen", help="umqtt.simple variant (tools/fetch_deps.py)")
+    parser.add_argument("--umqtt", choices=("legacy", "frozen", "none"), default="frozen",
+                        help="umqtt.simple variant (tools/fetch_deps.py); none: the firmware brings its own (mip install)")
     parser.add_argument("--heapsize", help="MicroPython heap size, e.g. 120000 or 128K")
     parser.add_argument("--fault", help="fault injected into the first boot only, e.g. nvs_write:1, nvs_commit:1, "
                         "wifi:fail:2, wifi:timeout:1, ntp:fail (boards/sim/modules/simfault.py)")
@@ -370,8 +373,8 @@ def main(argv=None):
             say("NVS provisioned from %s into %s: %s" % (settings_path, nvs_path, ", ".join(sorted(values))))
         else:
             say("NVS kept: %s (--fresh re-provisions)" % nvs_path)
-        deps_dir = REPO / "build" / "deps" / args.umqtt
-        if not deps_dir.is_dir():
+        deps_dir = "" if args.umqtt == "none" else REPO / "build" / "deps" / args.umqtt
+        if deps_dir and not deps_dir.is_dir():
             say("warning: %s missing (run tools/fetch_deps.py); umqtt.simple unavailable" % deps_dir)
         env = board_env(args, nvs_path, wifi_spec(args.wifi, settings), deps_dir)
         return boot_loop(command, env, args.interp, args.max_boots, args.boot_timeout, args.fault, args.cut_on)

@@ -4,10 +4,12 @@ The platform contract. PLATFORMS is the one list of platforms (NVS key `platform
 it from here. A platform <p> is two modules, so that each boot imports only what it runs:
 - dynreg/<p>_reg.py (registration boot only): register(st, name, ctx) -> [(NVS key, value), ...],
   what the cloud issued, the device secret last (flow stores them in that order, commits, resets);
-- dynreg/<p>.py (every login boot): login(st, name, ctx) -> (umqtt client, product id, device id),
-  subscriptions(dev) -> topics, report(dev, props); optional: after_login(dev) (runs once the
-  subscriptions are sent) and handle(dev, topic, msg) -> True if the platform consumed the message.
-  OPTIONAL gives the defaults: nothing to do, nothing handled.
+- dynreg/<p>.py (every login boot): KEEPALIVE = (lowest, highest) keepalive in s; login(st, name, ctx,
+  keepalive) -> (umqtt client, product id, device id), called again for every reconnect;
+  subscriptions(dev) -> topics, report(dev, props, qos) -> dev.publish()'s result; optional:
+  after_login(dev) (runs once the subscriptions are sent, after every login) and
+  handle(dev, topic, msg) -> True if the platform consumed the message.
+  load() gives a module without them the default, _nothing: nothing to do, nothing handled.
 Adding a platform means: those two modules and its name in PLATFORMS; its emulator module
 tools/cloud/<p>.py (and its products in tools/cloud/registry.json); boards/sim/settings/<p>.json;
 docs/platforms/<p>.md; its files in package.json. host_tests/test_platforms.py checks every part.
@@ -19,7 +21,7 @@ import time
 
 import machine
 
-from dynreg import ConfigError, DynregError, log, net
+from dynreg import ConfigError, DynregError, log, net, shown
 from dynreg.store import Store, is_null
 
 PLATFORMS = ("tencent", "ucloud", "protco")
@@ -29,15 +31,12 @@ def _nothing(*args):
     return False
 
 
-OPTIONAL = (("after_login", _nothing), ("handle", _nothing))
-
-
 def load(platform):
-    """The platform's login module, its optional parts filled in with OPTIONAL's defaults."""
+    """The platform's login module, its optional parts (after_login, handle) defaulting to _nothing."""
     plat = __import__("dynreg." + platform, None, None, ["login"])
-    for part, default in OPTIONAL:
+    for part in ("after_login", "handle"):
         if not hasattr(plat, part):
-            setattr(plat, part, default)
+            setattr(plat, part, _nothing)
     return plat
 
 
@@ -50,6 +49,11 @@ def backoff_ms(attempt, base_ms, cap_ms):
     """Capped exponential back-off with jitter: a random wait in [d/2, d], d = min(cap, base * 2^(attempt-1))."""
     d = min(cap_ms, base_ms << min(attempt - 1, 20))
     return d // 2 + random.getrandbits(20) % (d // 2 + 1)
+
+
+def broker(st, host, ctx):
+    """(host, port) of the MQTT broker: NVS mqtt_host/mqtt_port, else `host` and 8883 (1883 without TLS)."""
+    return st.text("mqtt_host") or host, st.int("mqtt_port", 1883 if ctx is None else 8883)
 
 
 def _attempt(st, platform, name, ctx):
@@ -76,8 +80,7 @@ def _attempt(st, platform, name, ctx):
         machine.reset()
     from dynreg.device import Device
 
-    plat = load(platform)
-    dev = Device(plat, *plat.login(st, name, ctx))
+    dev = Device(st, load(platform), name, ctx)  # logs in
     log("mqtt: logged in")
     if not st.get("dev_id"):  # an identity from the factory or an older firmware: mark it now it works
         st.set("dev_id", "%s/%s" % (platform, name))
@@ -87,8 +90,6 @@ def _attempt(st, platform, name, ctx):
         st.erase("prod_secret")
         st.commit()
         log("product secret erased from NVS (forget_prod=1)")
-    dev.subscribe(plat.subscriptions(dev))
-    plat.after_login(dev)
     return dev
 
 
@@ -124,7 +125,7 @@ def run():
         except ConfigError:
             raise
         except Exception as e:  # noqa: a field device must survive any failure and try again
-            why = "%s: %s" % (type(e).__name__, e)
+            why = shown("%s: %s" % (type(e).__name__, e), 160)
         gc.collect()
         if "registration refused" in why:  # a lockout: say why it may be, at every retry
             why += " (NVS lost? make nvs-restore)"
