@@ -25,15 +25,20 @@ def _module(name, path):
     return module
 
 
+def _is_store(node):
+    """st (flow, the platform modules) or dev.st (the application)."""
+    return (isinstance(node, ast.Name) and node.id == "st") or (isinstance(node, ast.Attribute) and node.attr == "st")
+
+
 def firmware_keys():
     """{(key, accessor)}: every literal key the firmware passes to a Store accessor (st.int("x"), ...)
     and every key a registration module returns for flow.py to store."""
     found = set()
-    for path in sorted(FIRMWARE.glob("*.py")):
+    for path in sorted(FIRMWARE.glob("*.py")) + [REPO / "firmware" / "main.py"]:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in READS
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "st" and node.args
+                    and _is_store(node.func.value) and node.args
                     and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
                 found.add((node.args[0].value, node.func.attr, path.name))
             if path.name.endswith("_reg.py") and isinstance(node, ast.Return) and isinstance(node.value, ast.List):
@@ -56,7 +61,8 @@ def firmware_keys():
 def test_the_walker_sees_the_firmware():
     keys = set(k for k, _, _ in firmware_keys())
     # a walker that found nothing would pass everything below
-    assert {"platform", "dev_secret", "mqtt_port", "prod_secret", "ca", "dev_id", "dev_uuid", "barcode"} <= keys
+    assert {"platform", "dev_secret", "mqtt_port", "prod_secret", "ca", "dev_id", "dev_uuid", "barcode",
+            "report_s"} <= keys
     assert len(keys) >= 25
 
 
@@ -80,7 +86,10 @@ def test_registration_writes_only_registration_keys():
 def _constant(path, name):
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]:
-            return ast.literal_eval(node.value)
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "const":  # micropython.const
+                value = value.args[0]
+            return ast.literal_eval(value)
     raise AssertionError("%s has no %s" % (path, name))
 
 

@@ -67,8 +67,7 @@ def _attempt(st, platform, name, ctx):
     if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
         marker = st.text("dev_id")
         if marker:
-            raise ConfigError("NVS damaged: marker of %s, no device secret; not registering again: restore the "
-                              "board's NVS backup (make nvs-restore)" % marker)
+            raise ConfigError("NVS damaged: marker of %s, no secret; not registering: make nvs-restore" % marker)
         log("no device secret in NVS: registering %s device %r" % (platform, name))
         # Only this boot imports the registration module, and only the login boot the login module.
         items = __import__("dynreg.%s_reg" % platform, None, None, ["register"]).register(st, name, ctx)
@@ -99,8 +98,7 @@ def run():
     st = Store()
     platform = st.text("platform")
     if platform is None and st.get("prod_id") is None:  # ESP-IDF skips what it cannot read: nothing left
-        raise ConfigError("NVS namespace 'dynreg' is empty (erased, unreadable or never written): flash a factory "
-                          "image or the board's backup (make nvs-restore)")
+        raise ConfigError("NVS empty (erased or unreadable): flash an image or make nvs-restore")
     if platform not in PLATFORMS:
         raise ConfigError("NVS key 'platform' is %r, not one of %s" % (platform, ", ".join(PLATFORMS)))
     name = st.text("dev_name")
@@ -130,7 +128,7 @@ def run():
             why = shown("%s: %s" % (type(e).__name__, e), 160)
         gc.collect()
         if "registration refused" in why:  # a lockout: say why it may be, at every retry
-            why += "; registered before? its NVS lost the secret: make nvs-restore"
+            why += " (NVS lost? make nvs-restore)"
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
         wait = backoff_ms(attempt, base, cap)
