@@ -14,7 +14,8 @@ Lines starting with "#" are comments.
 
 Cells are text, stored as UTF-8 blobs, except for
 - the keys dynreg reads as i32 (tls, reg_port, mqtt_port, login_ttl, retry_ms,
-  retry_max_ms, max_tries, forget_prod, jitter_ms, wifi_timeout_ms): decimal or 0x-hex integers;
+  retry_max_ms, max_tries, forget_prod, jitter_ms, wifi_timeout_ms, keepalive_s, max_msg,
+  ack_ms, reg_timeout_ms, report_s, report_count): decimal or 0x-hex integers;
 - ca: the path of the CA certificate file (PEM or DER; relative paths are
   relative to the CSV file), stored as DER.
 Any other column is an NVS key too (text blob); "name:i32", "name:blob" and
@@ -72,7 +73,8 @@ MAX_DEVICE_BLOB = 4096  # dynreg/store.py grows its read buffer up to 4096 bytes
 DEFAULT_NVS_SIZE = 0x6000
 # The keys dynreg reads (README "NVS keys") and their NVS types.
 I32_KEYS = ("tls", "reg_port", "mqtt_port", "login_ttl", "retry_ms", "retry_max_ms", "max_tries",
-            "forget_prod", "jitter_ms", "wifi_timeout_ms")
+            "forget_prod", "jitter_ms", "wifi_timeout_ms", "keepalive_s", "max_msg", "ack_ms", "reg_timeout_ms",
+            "report_s", "report_count")
 BLOB_KEYS = ("platform", "wifi_ssid", "wifi_pass", "ca", "prod_id", "prod_secret", "dev_name", "dev_secret",
              "dev_cert", "dev_key", "reg_host", "reg_api", "sign_method", "mqtt_host", "region", "barcode",
              "replace_pid", "replace_sec", "dev_uuid", "dev_pid")
