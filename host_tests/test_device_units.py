@@ -122,3 +122,99 @@ for ca in (None, b"", b"not a certificate"):
 """).splitlines()
     assert out[0].startswith("ConfigError TLS needs the CA certificate in NVS key 'ca'") and out[1] == out[0], out
     assert out[2].startswith("ConfigError TLS: the CA (NVS 'ca') or client certificate/key is not valid DER"), out
+
+
+def test_tls_verifies_the_server_name(interp, tmp_path, cloud):
+    """As strict under CPython's ssl shim as on the hardware: CERT_REQUIRED checks the name, and a
+    client that gives no server_hostname gets no connection."""
+    import ssl as host_ssl
+
+    ca = host_ssl.PEM_cert_to_DER_cert((cloud.state / "ca.pem").read_text())
+    out = run_on_device(interp, tmp_path, """
+import binascii
+from dynreg import net
+ctx = net.tls_context(binascii.unhexlify(%r))
+for name in ("localhost", "not-the-server.example", None):
+    s = net.open_socket("localhost", %d)
+    try:
+        t = ctx.wrap_socket(s, server_hostname=name)
+        print(name, "connected")
+        t.close()
+    except (OSError, ValueError) as e:
+        print(name, "refused", type(e).__name__, str(e).strip())
+        s.close()
+""" % (ca.hex(), cloud.ports["https"])).splitlines()
+    assert out == ["localhost connected", "not-the-server.example refused ValueError The certificate Common Name (CN) "
+                   "does not match with the expected CN", "None refused ValueError CERT_REQUIRED requires "
+                   "server_hostname"], out
+
+
+BACKOFF_MAIN = """
+import json
+from dynreg import flow
+print(json.dumps([flow.backoff_ms(a, 50, 400) for a in range(1, 4)] + [flow.backoff_ms(9, 50, 400) for _ in range(16)]))
+"""
+
+
+def test_backoff_waits_vary_between_attempts_and_boards(interp, tmp_path):
+    """Jitter, not only bounds: two boards (two boots, each seeding its own generator) draw different
+    waits, and one board's waits at the cap differ from each other. At the cap a wait is one of 201
+    values (200..400 ms): 16 equal draws have probability 201**-15 < 1e-34, two boards drawing the same
+    19 waits about 201**-16 < 1e-36; a false failure is astronomically unlikely."""
+    boards = []
+    for n in range(2):
+        (tmp_path / str(n)).mkdir()
+        boards.append(json.loads(run_on_device(interp, tmp_path / str(n), BACKOFF_MAIN)))
+    for waits in boards:
+        for a, w in enumerate(waits[:3], 1):
+            assert 50 << (a - 1) >> 1 <= w <= 50 << (a - 1), (a, w)  # [d/2, d], d = base * 2^(a-1)
+        assert all(200 <= w <= 400 for w in waits[3:]) and len(set(waits[3:])) > 1, waits
+    assert boards[0] != boards[1], boards
+
+
+STORE_MAIN = """
+from dynreg import ConfigError
+from dynreg.store import Store
+st = Store()
+print(st.get("nokey"), st.text("nokey", "dflt"), st.int("nokey", 7), st.int("nokey"))
+try:
+    st.need("nokey")
+except ConfigError as e:
+    print("ConfigError", e)
+for n in (0, 63, 64, 65, 256, 257, 1024, 1025, 4096):  # the read buffer grows 64 -> 256 -> 1024 -> 4096
+    st.set("b%d" % n, b"%c" % (65 + n % 26) * n)
+    v = st.get("b%d" % n)
+    print(n, type(v).__name__, v == b"%c" % (65 + n % 26) * n)
+st.set("big", b"x" * 4097)
+for f, key in ((st.get, "big"), (st.get, "a-key-of-16-char"), (st.int, "a-key-of-16-char"),
+               (st.erase, "a-key-of-16-char")):  # errors other than "not found" reach the caller
+    try:
+        print(len(f(key)))
+    except OSError as e:
+        print("OSError", e.errno)
+st.set("t", "h\\u00e9llo")
+st.set("empty", b"")
+print(st.text("t"), st.need("t"), st.text("empty", "dflt"), st.text("nokey"))
+st.nvs.set_i32("i", -5)
+print(st.int("i"), st.int("t", 3))
+st.erase("t")
+st.erase("t")
+print(st.get("t"), Store("other").get("b64"))
+st.set("kept", b"1")
+st.commit()
+st.set("lost", b"1")
+"""
+
+
+def test_store(interp, tmp_path):
+    """dynreg.store over the sim's NVS: absent keys, blobs across the buffer growth steps and the cap,
+    text, i32, erase, namespaces, and only committed writes surviving a reboot."""
+    out = run_on_device(interp, tmp_path, STORE_MAIN).splitlines()
+    sizes = (0, 63, 64, 65, 256, 257, 1024, 1025, 4096)
+    assert out == ["None dflt 7 None", "ConfigError NVS key 'nokey' is missing"] + [
+        "%d bytes True" % n for n in sizes] + ["OSError -4364"] + ["OSError -4361"] * 3 + ["h\u00e9llo h\u00e9llo dflt None",
+                                              "-5 3", "None None"], out
+    after = run_on_device(interp, tmp_path, "from dynreg.store import Store\nimport esp32\nst = Store()\n"
+                          "b = bytearray(4)\nn = esp32.NVS('dynreg').get_blob('kept', b)\n"
+                          "print(st.get('kept'), st.get('lost'), st.int('i'), bytes(b[:n]))\n").splitlines()
+    assert after == ["b'1' None -5 b'1'"], after  # in the "dynreg" namespace, committed writes only

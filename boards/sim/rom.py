@@ -100,6 +100,18 @@ def main():
     else:
         host_path = []
     sys.path[:] = _search_path(here, firmware) + host_path
+    import simfault
+
+    if simfault.get("clock"):  # an unset clock (simclock.py) behind time.time()
+        if _CPYTHON:
+            import time
+
+            import simclock
+
+            host_time = time.time
+            time.time = lambda: simclock.now(host_time())
+        else:
+            sys.path.insert(0, here + "/clock")
     os.chdir(firmware)
     env = {"__name__": "__main__"}
     if _run("boot.py", env) and _run("main.py", env):

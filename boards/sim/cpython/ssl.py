@@ -3,8 +3,9 @@
 Firmware written against MicroPython 1.29's ssl (micropython-lib ssl.py over
 the mbedTLS `tls` module) runs unchanged:
 - SSLContext(PROTOCOL_TLS_CLIENT) starts with verify_mode CERT_NONE, as on
-  MicroPython; CERT_REQUIRED verifies the chain and, when server_hostname is
-  given, the name.
+  MicroPython; CERT_REQUIRED verifies the chain and the name, and a client
+  wrap without server_hostname raises ValueError("CERT_REQUIRED requires
+  server_hostname") before any byte is sent, as MicroPython's tls module does.
 - load_verify_locations(cafile=None, cadata=None) and load_cert_chain(cert, key)
   take DER or PEM bytes (MicroPython: DER only) or, for str, a file path.
 - A failed verification raises ValueError with mbedTLS's message; other TLS
@@ -179,8 +180,10 @@ class SSLContext:
         if self._server:
             ctx.verify_mode = _HOST_VERIFY[self.verify_mode]
         elif self.verify_mode == CERT_REQUIRED:
+            if server_hostname is None:
+                raise ValueError("CERT_REQUIRED requires server_hostname")
             ctx.verify_mode = _host.CERT_REQUIRED
-            ctx.check_hostname = server_hostname is not None
+            ctx.check_hostname = True
         else:
             # an mbedTLS client with CERT_OPTIONAL carries on after a failed check
             ctx.verify_mode = _host.CERT_NONE

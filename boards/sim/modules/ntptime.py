@@ -5,6 +5,7 @@ right, so settime() only checks that the simulated Wi-Fi is up; without it the
 real module's UDP query would time out.
 """
 import network
+import simclock
 import simfault
 
 host = "pool.ntp.org"
@@ -17,3 +18,4 @@ def settime():
         raise OSError(110)  # fault injected (DYNREG_SIM_FAULT ntp:fail)
     if not network.WLAN(network.STA_IF).isconnected():
         raise OSError(110)
+    simclock.set_by_ntp()

@@ -10,6 +10,7 @@ clean. SPEC is a comma-separated list of:
   wifi:fail[:K]   no access point in range for the first K joins of this boot (default: all)
   wifi:timeout[:K] association never completes for the first K joins (default: all)
   ntp:fail[:K]    NTP query times out (OSError 110) for the first K queries (default: all)
+  clock:unset     the clock reads 2000-01-01 at boot until NTP sets it (simclock.py)
 
 A power cut ends the process with POWER_CUT_EXIT (87), at once: os._exit under CPython (no
 finally blocks, no buffers flushed beyond what was printed), SystemExit under MicroPython (its

@@ -9,7 +9,7 @@ it from here. A platform <p> is two modules, so that each boot imports only what
   subscriptions(dev) -> topics, report(dev, props, qos) -> dev.publish()'s result; optional:
   after_login(dev) (runs once the subscriptions are sent, after every login) and
   handle(dev, topic, msg) -> True if the platform consumed the message.
-  OPTIONAL gives the defaults: nothing to do, nothing handled.
+  load() gives a module without them the default, _nothing: nothing to do, nothing handled.
 Adding a platform means: those two modules and its name in PLATFORMS; its emulator module
 tools/cloud/<p>.py (and its products in tools/cloud/registry.json); boards/sim/settings/<p>.json;
 docs/platforms/<p>.md; its files in package.json. host_tests/test_platforms.py checks every part.
@@ -31,15 +31,12 @@ def _nothing(*args):
     return False
 
 
-OPTIONAL = (("after_login", _nothing), ("handle", _nothing))
-
-
 def load(platform):
-    """The platform's login module, its optional parts filled in with OPTIONAL's defaults."""
+    """The platform's login module, its optional parts (after_login, handle) defaulting to _nothing."""
     plat = __import__("dynreg." + platform, None, None, ["login"])
-    for part, default in OPTIONAL:
+    for part in ("after_login", "handle"):
         if not hasattr(plat, part):
-            setattr(plat, part, default)
+            setattr(plat, part, _nothing)
     return plat
 
 
@@ -64,14 +61,21 @@ def _attempt(st, platform, name, ctx):
     if ssid:
         net.wifi_connect(ssid, st.text("wifi_pass", ""), st.int("wifi_timeout_ms", 20000))
     net.set_clock()
-    # Registered means a device secret (or a client certificate) in NVS: registration stores it last.
+    # Registered means a device secret (or a client certificate) in NVS: registration stores it last,
+    # then the marker dev_id. A marker without a secret is flash damage, not a new board: registering
+    # again would be refused (activated devices) or replace the identity the cloud knows.
     if is_null(st.get("dev_secret")) and is_null(st.get("dev_cert")):
+        marker = st.text("dev_id")
+        if marker:
+            raise ConfigError("NVS damaged: marker of %s, no device secret; not registering again: restore the "
+                              "board's NVS backup (make nvs-restore)" % marker)
         log("no device secret in NVS: registering %s device %r" % (platform, name))
         # Only this boot imports the registration module, and only the login boot the login module.
         items = __import__("dynreg.%s_reg" % platform, None, None, ["register"]).register(st, name, ctx)
         gc.collect()
         for key, value in items:
             st.set(key, value)
+        st.set("dev_id", "%s/%s" % (platform, name))  # after the secret: a power cut before it leaves no marker
         st.commit()
         log("registered: stored %s in NVS; resetting" % ", ".join(k for k, _ in items))
         machine.reset()
@@ -79,6 +83,9 @@ def _attempt(st, platform, name, ctx):
 
     dev = Device(st, load(platform), name, ctx)  # logs in
     log("mqtt: logged in")
+    if not st.get("dev_id"):  # an identity from the factory or an older firmware: mark it now it works
+        st.set("dev_id", "%s/%s" % (platform, name))
+        st.commit()
     if st.int("forget_prod", 0) and st.get("prod_secret"):
         # The device secret works; a board captured later must not reveal the whole product line's secret.
         st.erase("prod_secret")
@@ -91,6 +98,9 @@ def run():
     """Run the boot flow with bounded, jittered retries; return a logged-in Device."""
     st = Store()
     platform = st.text("platform")
+    if platform is None and st.get("prod_id") is None:  # ESP-IDF skips what it cannot read: nothing left
+        raise ConfigError("NVS namespace 'dynreg' is empty (erased, unreadable or never written): flash a factory "
+                          "image or the board's backup (make nvs-restore)")
     if platform not in PLATFORMS:
         raise ConfigError("NVS key 'platform' is %r, not one of %s" % (platform, ", ".join(PLATFORMS)))
     name = st.text("dev_name")
@@ -119,6 +129,8 @@ def run():
         except Exception as e:  # noqa: a field device must survive any failure and try again
             why = shown("%s: %s" % (type(e).__name__, e), 160)
         gc.collect()
+        if "registration refused" in why:  # a lockout: say why it may be, at every retry
+            why += "; registered before? its NVS lost the secret: make nvs-restore"
         if attempt == tries:
             raise DynregError("giving up after %d attempts; last: %s" % (attempt, why))
         wait = backoff_ms(attempt, base, cap)

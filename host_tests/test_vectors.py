@@ -1,0 +1,340 @@
+"""Edge vectors under both interpreters: RFC 4231 / RFC 2202 HMAC, every null-secret placeholder,
+registration replies sent at QoS 1 with DUP and retain set. Each expected value comes from an
+independent reference (the RFC text, checked against CPython's hmac), never from the firmware."""
+
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from host_tests.conftest import INTERPS, REPO, run_on_device
+from host_tests.test_fuzz_parsers import DRIVER, SECRET, D, enc, packet, publish, ref_mqtt_packet
+from tools.cloud.protco import sign as protco_sign
+from tools.cloud.tencent import encrypt_payload, legacy_signature, register_signature
+
+_TRUNCATION = b"Test With Truncation"
+_BIG_KEY = b"Test Using Larger Than Block-Size Key - Hash Key First"
+# (key, data, RFC 4231 HMAC-SHA256 hex, RFC 2202 HMAC-SHA1 hex); test case 5 is truncated (128 / 96 bits).
+RFC4231 = [
+    (b"\x0b" * 20, b"Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+    (b"Jefe", b"what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+    (b"\xaa" * 20, b"\xdd" * 50, "773ea91e36800e46854db8ebd09181a72959098b3ef8c122d9635514ced565fe"),
+    (bytes(range(1, 26)), b"\xcd" * 50, "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"),
+    (b"\x0c" * 20, _TRUNCATION, "a3b6167473100ee06e0c796c2955552b"),
+    (b"\xaa" * 131, _BIG_KEY, "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"),
+    (b"\xaa" * 131, b"This is a test using a larger than block-size key and a larger than block-size data. The key "
+                    b"needs to be hashed before being used by the HMAC algorithm.",
+     "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"),
+]
+RFC2202 = [
+    (b"\x0b" * 20, b"Hi There", "b617318655057264e28bc0b6fb378c8ef146be00"),
+    (b"Jefe", b"what do ya want for nothing?", "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"),
+    (b"\xaa" * 20, b"\xdd" * 50, "125d7342b9ac11cd91a39af48aa17b4f63f175d3"),
+    (bytes(range(1, 26)), b"\xcd" * 50, "4c9007f4026250c6bc8414f9bf50c86c2d7235da"),
+    (b"\x0c" * 20, _TRUNCATION, "4c1a03424b55e07fe7f27be1d58bb9324a9a5a04"),
+    (b"\xaa" * 80, _BIG_KEY, "aa4ae5e15272d00e95705637ce8a3b55ed402112"),
+    (b"\xaa" * 80, b"Test Using Larger Than Block-Size Key and Larger Than One Block-Size Data",
+     "e8e99d0f45237d786d6bbaa7965c7808bbff1a91"),
+]
+# Block-size edges the RFCs skip: keys of 63, 64 and 65 bytes (reference: CPython's hmac).
+EDGES = [(bytes([7]) * n, b"edge", None) for n in (63, 64, 65)]
+VECTORS = [("sha256", k, m, h) for k, m, h in RFC4231 + EDGES] + [("sha1", k, m, h) for k, m, h in RFC2202 + EDGES]
+
+# The same code under either interpreter: every vector, one JSON line of hex results.
+HMAC_MAIN = r'''
+import binascii, json
+from dynreg import crypto
+out = []
+for name, key, msg in json.loads(%r):
+    out.append(crypto.hexstr(crypto.hmac(name, binascii.unhexlify(key), binascii.unhexlify(msg))))
+print("HMAC", json.dumps(out))
+'''
+
+NULLS = [b"", b"YOUR_DEVICE_SECRET", b"YOUR_IOT_PSK", b"YOUR_DEVICE_CERT_FILE_NAME",
+         b"YOUR_DEVICE_PRIVATE_KEY_FILE_NAME"]  # the SDKs' placeholders (Tencent C and Python SDKs)
+
+
+def test_rfc_vectors_match_cpython_hmac():
+    """The tables above are the RFCs' (CPython's hmac agrees), so the firmware is held to the RFC."""
+    for name, key, msg, want in VECTORS:
+        ref = hmac.new(key, msg, getattr(hashlib, name)).hexdigest()
+        assert want is None or ref.startswith(want), (name, key[:4], msg[:8])
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_hmac_rfc_vectors(interp, tmp_path):
+    cases = json.dumps([(n, k.hex(), m.hex()) for n, k, m, _ in VECTORS])
+    if interp == "cpython":  # in this process, through the sim's CPython shims
+        got = [D["crypto"].hexstr(D["crypto"].hmac(n, k, m)) for n, k, m, _ in VECTORS]
+    else:
+        out = run_on_device(interp, tmp_path, HMAC_MAIN % cases)
+        got = json.loads(out.split("HMAC ", 1)[1])
+    for (name, key, msg, _), have in zip(VECTORS, got):
+        assert have == hmac.new(key, msg, getattr(hashlib, name)).hexdigest(), (name, len(key), msg[:12])
+
+
+def _outcomes(interp, tmp_path, cases):
+    """The fuzz driver's outcome of each (parser, args) case under `interp`."""
+    if interp == "cpython":
+        return [D["outcome"](name, enc(list(args))) for name, args in cases]
+    path = tmp_path / "cases.jsonl"
+    path.write_text("".join(json.dumps([name, enc(list(args))]) + "\n" for name, args in cases))
+    main = DRIVER + "\nimport json\nfor line in open(%r):\n    c = json.loads(line)\n" \
+                    "    print('OUT', json.dumps(outcome(c[0], c[1])))\n" % str(path)
+    return [json.loads(line[4:]) for line in run_on_device(interp, tmp_path, main).splitlines()
+            if line.startswith("OUT ")]
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_every_null_secret(interp, tmp_path):
+    """Each placeholder is null, bare or padded with whitespace; with one more character it is a secret."""
+    assert list(D["store"].NULL_SECRETS) == NULLS  # a placeholder dropped from the list fails here
+    cases = [("is_null", [v]) for n in NULLS for v in (n, b" " + n + b"\r\n", b"\t" + n)]
+    cases += [("is_null", [n + b"x"]) for n in NULLS] + [("is_null", [b"x" + n]) for n in NULLS]
+    cases += [("is_null", [None])]
+    want = ["ok True"] * (3 * len(NULLS)) + ["ok False"] * (2 * len(NULLS)) + ["ok True"]
+    assert _outcomes(interp, tmp_path, cases) == want
+
+
+# A reply as a broker may deliver it: first byte 0x3B = PUBLISH, DUP, QoS 1, retain, then a packet id.
+SUBACK = b"\x90\x03\x00\x01\x00"
+RID = "0101010101010101"  # the driver's fixed os.urandom
+UCLOUD_TOPIC = b"/$system/pid1/dev1/password_reply"
+PROTCO_TOPIC = b"register/v2/pid1/dev1/register_response"
+
+
+def qos1(topic, payload, pid=b"\x7b\x22"):
+    """PUBLISH with DUP, QoS 1 and retain; the packet id defaults to the bytes '{"' (a parser that skips no
+    id would see JSON-looking garbage, one that skips too much would cut the payload)."""
+    return packet(0x3B, len(topic).to_bytes(2, "big") + topic + pid + payload)
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_registration_replies_at_qos1_dup_retain(interp, tmp_path):
+    ucloud = json.dumps({"RequestID": RID, "RetCode": "0", "Password": "dev-password-01"}).encode()
+    protco = json.dumps({"id": RID, "res": 0, "data": {"uuid": "u-1", "pid": "pid2", "secret": "s3cr3t"}}).encode()
+    cases = [
+        ("ucloud_register", [SUBACK + qos1(UCLOUD_TOPIC, ucloud)]),
+        ("ucloud_register", [SUBACK + qos1(UCLOUD_TOPIC, ucloud, b"\x00\x01")]),
+        ("protco_register", [SUBACK + qos1(PROTCO_TOPIC, protco)]),
+        ("protco_register", [qos1(PROTCO_TOPIC, protco, b"\xff\xff") + SUBACK]),
+        ("mqttreg_reply", [0x3B, qos1(b"t/reply", b'{"a": 1}')[2:]]),
+        ("mqttreg_reply", [0x3A, qos1(b"t/reply", b'{"a": 1}')[2:]]),
+        ("mqttreg_reply", [0x31, publish(b"t/reply", b'{"a": 1}')[2:]]),  # QoS 0, retain: no packet id
+    ]
+    ref = D["canon"]
+    want = [
+        "ok " + ref([("dev_secret", b"dev-password-01")]),
+        "ok " + ref([("dev_secret", b"dev-password-01")]),
+        "ok " + ref([("dev_pid", b"pid2"), ("dev_uuid", b"u-1"), ("dev_secret", b"s3cr3t")]),
+        "ok " + ref([("dev_pid", b"pid2"), ("dev_uuid", b"u-1"), ("dev_secret", b"s3cr3t")]),
+        "ok " + ref({"a": 1}), "ok " + ref({"a": 1}), "ok " + ref({"a": 1}),
+    ]
+    assert _outcomes(interp, tmp_path, cases) == want
+
+
+def test_sign_method_names():
+    """hmacsha256 / hmacsha1 in any case name hashlib's functions; anything else is a ConfigError."""
+    crypto = D["crypto"]
+    assert [crypto.hash_name(m) for m in ("hmacsha256", "HmacSha256", "hmacSHA1")] == ["sha256", "sha256", "sha1"]
+    for bad in ("hmacmd5", "sha256", "", "hmacsha2567"):
+        with pytest.raises(crypto.ConfigError, match="unknown sign method %r" % bad):
+            crypto.hmac_hex(bad, b"k", b"m")
+
+
+# --------------------------------------------------------------------------- what the device sends
+
+# The registration requests as the device writes them, checked with the emulator's own signature code
+# (tools/cloud, written from the platforms' docs separately from the firmware): one source of truth
+# each side, meeting only on the wire.
+
+def _send(platform, values, reply=b"", name="dev1", ctx=None):
+    """Run `platform`_reg.register over a recording stream -> (bytes written, result or DynregError)."""
+    class Rec(D["Stream"]):
+        out = b""
+
+        def write(self, data):
+            self.out += bytes(data)
+            return len(data)
+
+    s = Rec(reply)
+    st = D["Store"](dict({"prod_id": "pid1", "prod_secret": SECRET.decode(), "tls#": 0, "reg_host": "localhost"},
+                         **values))
+    reg = D[platform + "_reg"]
+    try:
+        result = D["_patched"](D["net"], "open_socket", lambda *a, **k: s, lambda: D["_patched"](
+            D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, ctx)))
+    except D["DynregError"] as e:
+        result = e
+    return s.out, result
+
+
+def _http_request(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    return lines[0], dict(line.split(": ", 1) for line in lines[1:]), body
+
+
+def _tencent_reply(plain):
+    length, payload = encrypt_payload(SECRET.decode(), plain)
+    body = json.dumps({"Response": {"Len": length, "Payload": payload, "RequestId": "r"}}).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize("method", ["hmacsha256", "hmacsha1"])
+def test_tencent_request_is_signed(method):
+    reply = _tencent_reply(json.dumps({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="}).encode())
+    raw, result = _send("tencent", {"sign_method": method.upper()}, reply)
+    assert result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
+    line, headers, body = _http_request(raw)
+    assert line == "POST /device/register HTTP/1.0" and headers["Host"] == "localhost"
+    assert json.loads(body) == {"ProductId": "pid1", "DeviceName": "dev1"} and int(headers["Content-Length"]) == len(body)
+    ts, nonce = int(headers["X-TC-Timestamp"]), int(headers["X-TC-Nonce"])
+    assert abs(ts - time.time()) < 5 and 0 <= nonce < 2 ** 31 and headers["X-TC-Algorithm"] == method
+    assert headers["X-TC-Signature"] == register_signature(SECRET.decode(), "localhost", "/device/register", method,
+                                                           ts, nonce, body)
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    # over TLS the default port is 443, which the Host header leaves out
+    raw, result = _send("tencent", {}, reply, ctx=True)
+    assert _http_request(raw)[1]["Host"] == "localhost" and result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
+
+
+def test_tencent_legacy_request_and_refusals():
+    raw, result = _send("tencent", {"reg_api": "legacy", "reg_port#": 8080}, b"HTTP/1.0 500 Oops\r\n\r\n")
+    assert str(result) == "tencent: HTTP status 500"
+    line, headers, body = _http_request(raw)
+    req = json.loads(body)
+    assert line == "POST /register/dev HTTP/1.0" and headers["Host"] == "localhost:8080"
+    assert req["signature"] == legacy_signature(SECRET.decode(), "dev1", req["nonce"], "pid1", req["timestamp"])
+    assert sorted(req) == ["deviceName", "nonce", "productId", "signature", "timestamp"]
+    assert (req["deviceName"], req["productId"]) == ("dev1", "pid1")
+    for pid, name in (("pid1", "dev 1"), ("pid/1", "dev1"), ("pid1", 'dev"1')):
+        raw, result = _send("tencent", {"prod_id": pid}, name=name)
+        assert isinstance(result, D["crypto"].ConfigError) and raw == b"", (pid, name, result)
+    raw, result = _send("tencent", {}, name="Az09-_:.@")
+    assert not isinstance(result, D["crypto"].ConfigError) and raw
+
+
+def _mqtt_strings(body, n):
+    out = []
+    for _ in range(n):
+        size = int.from_bytes(body[:2], "big")
+        out.append(body[2:2 + size].decode())
+        body = body[2 + size:]
+    return out, body
+
+
+def _mqtt_session(raw):
+    """CONNECT fields (client id, user, password) and the packets after it, from what the device wrote."""
+    packets, pos = [], 0
+    while pos < len(raw):
+        kind, body, pos = ref_mqtt_packet(raw, pos, 1 << 20)
+        packets.append((kind, body))
+    kind, body = packets[0]
+    assert kind == 0x10 and body[:10] == b"\x00\x04MQTT\x04\xc2\x00\x3c", body[:10]  # 3.1.1, user+pass, clean
+    fields, rest = _mqtt_strings(body[10:], 3)
+    assert rest == b""
+    return fields, packets[1:]
+
+
+CONNACK = b"\x20\x02\x00\x00"
+
+
+def _check_exchange(packets, topic, reply_topic, id_key):
+    """SUBSCRIBE to the reply topic (QoS 0, packet id 1), one PUBLISH of the request, DISCONNECT."""
+    (sub, sub_body), (pub, pub_body), last = packets
+    assert (sub, sub_body) == (0x82, b"\x00\x01" + len(reply_topic).to_bytes(2, "big") + reply_topic + b"\x00")
+    assert last == (0xE0, b"")
+    (got_topic,), payload = _mqtt_strings(pub_body, 1)
+    assert pub == 0x30 and got_topic == topic.decode()
+    request = json.loads(payload)
+    assert request[id_key] == RID
+    return request
+
+
+def test_ucloud_request():
+    reply = qos1(UCLOUD_TOPIC, json.dumps({"RequestID": RID, "RetCode": 0, "Password": "pw-01"}).encode())
+    raw, result = _send("ucloud", {}, CONNACK + SUBACK + reply)
+    assert result == [("dev_secret", b"pw-01")]
+    fields, packets = _mqtt_session(raw)
+    assert fields == ["pid1.dev1", "pid1|dev1|2", SECRET.decode()]
+    assert _check_exchange(packets, b"/$system/pid1/dev1/password", UCLOUD_TOPIC, "RequestID") == {"RequestID": RID}
+    for name, ok in (("abc", False), ("abcd", True), ("a" * 64, True), ("a" * 65, False), ("ab cd", False),
+                     ("Az09-_@:", True), ("ab/cd", False)):
+        raw, result = _send("ucloud", {}, name=name)
+        assert isinstance(result, D["crypto"].ConfigError) != ok and (raw != b"") == ok, (name, result)
+
+
+@pytest.mark.parametrize("method", ["hmacSha256", "hmacSha1"])
+def test_protco_request(method):
+    reply = json.dumps({"id": RID, "res": 0, "data": {"uuid": "u-1", "secret": "s-1"}}).encode()
+    values = {"sign_method": method, "barcode": "BC1", "replace_pid": "pid9", "replace_sec": "sec9"}
+    raw, result = _send("protco", values, CONNACK + SUBACK + publish(PROTCO_TOPIC, reply))
+    assert result == [("dev_pid", b"pid1"), ("dev_uuid", b"u-1"), ("dev_secret", b"s-1")]  # pid: the product's
+    (client, user, password), packets = _mqtt_session(raw)
+    ts = int(user.rsplit("=", 1)[1])
+    assert client == "register_pid1_dev1" and user == "pid1|signMethod=%s,ts=%d" % (method, ts)
+    assert abs(ts - time.time()) < 5 and password == protco_sign(SECRET.decode(), "pid1", ts, method)
+    request = _check_exchange(packets, b"register/v2/pid1/dev1/register", PROTCO_TOPIC, "id")
+    assert abs(request.pop("ts") - ts) <= 1
+    assert request == {"id": RID, "code": "register", "ack": 1,
+                       "data": {"barcode": "BC1", "replacePid": "pid9", "secret": "sec9"}}
+    for values, name in (({}, "dev_1"), ({"replace_pid": "pid9"}, "dev1")):
+        raw, result = _send("protco", values, name=name)
+        assert isinstance(result, D["crypto"].ConfigError) and raw == b"", (values, name)
+    raw, result = _send("protco", {}, CONNACK + SUBACK + publish(PROTCO_TOPIC, json.dumps(
+        {"id": RID, "res": 1004, "msg": "x"}).encode()))
+    assert str(result) == "protco: registration refused: res 1004 (device does not exist)"
+    raw, result = _send("protco", {}, CONNACK + SUBACK + publish(PROTCO_TOPIC, json.dumps(
+        {"id": RID, "res": 4242, "msg": "no such"}).encode()))
+    assert str(result) == "protco: registration refused: res 4242 (no such)"
+    assert _mqtt_session(raw)[1][1][0] == 0x30
+
+
+def test_mqtt_packet_lengths():
+    """The remaining length as MQTT 3.1.1 2.2.3 encodes it, at each byte-count boundary."""
+    from host_tests.test_fuzz_parsers import varint
+
+    for n in (0, 1, 127, 128, 16383, 16384, 2097151, 2097152):
+        assert bytes(D["mqtt"].packet(0x30, b"x" * n)) == b"\x30" + varint(n) + b"x" * n, n
+    assert bytes(D["mqtt"].subscribe(7, ("a/b", "c"))) == b"\x82\x0c\x00\x07\x00\x03a/b\x00\x00\x01c\x00"
+
+
+def _login(values, data, ctx=None, host="default.example"):
+    """mqtt.login over a recording stream -> (open_socket arguments, result or DynregError, stream)."""
+    seen = []
+    s = D["Stream"](data)
+    st = D["Store"](values)
+    try:
+        result = D["_patched"](D["net"], "open_socket", lambda *a: seen.append(a) or s, lambda: D["mqtt"].login(
+            st, ctx, host, "cid", "user", "pw", timeout=3))
+    except D["DynregError"] as e:
+        result = e
+    return seen, result, s
+
+
+def test_mqtt_login_broker_and_connack():
+    ctx = object()
+    for values, use_ctx, want in (({}, False, ("default.example", 1883)), ({}, True, ("default.example", 8883)),
+                                  ({"mqtt_host": "b.example", "mqtt_port#": 1999}, True, ("b.example", 1999))):
+        seen, result, s = _login(values, CONNACK, ctx if use_ctx else None)
+        assert seen == [want + ((ctx if use_ctx else None), 3)] and result == (s, want[0], want[1]), values
+        assert not s.closed
+    for ack, msg in ((b"\x20\x02\x00\x05", "mqtt: broker refused the login (CONNACK return code 5)"),
+                     (b"\x20\x02\x00\x01", "mqtt: broker refused the login (CONNACK return code 1)"),
+                     (b"\x20\x02\x00", "mqtt: no CONNACK from the broker"),
+                     (b"\x21\x02\x00\x00", "mqtt: no CONNACK from the broker"),
+                     (b"\x20\x03\x00\x00", "mqtt: no CONNACK from the broker"), (b"", "mqtt: no CONNACK from the broker")):
+        seen, result, s = _login({}, ack)
+        assert str(result) == msg and s.closed, (ack, result)
+
+
+def test_mqtt_connect_hands_the_session_to_umqtt(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "build" / "deps" / "frozen"))
+    s = D["Stream"](CONNACK)
+    st = D["Store"]({"mqtt_port#": 1999})
+    c = D["_patched"](D["net"], "open_socket", lambda *a: s, lambda: D["mqtt"].connect(st, None, "h.example", "cid",
+                                                                                      "user", "pw"))
+    assert (c.sock, c.client_id, c.server, c.port, c.keepalive) == (s, "cid", "h.example", 1999, 60)
