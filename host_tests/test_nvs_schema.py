@@ -81,7 +81,10 @@ def test_registration_writes_only_registration_keys():
 def _constant(path, name):
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [name]:
-            return ast.literal_eval(node.value)
+            value = node.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "const":  # micropython.const
+                value = value.args[0]
+            return ast.literal_eval(value)
     raise AssertionError("%s has no %s" % (path, name))
 
 
