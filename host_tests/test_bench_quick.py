@@ -64,8 +64,9 @@ def test_bench_quick(tmp_path):
         others = {m for m in f["all"]["modules"] for q in PLATFORMS if q != p and m.startswith("dynreg." + q)}
         assert not others, (p, f)  # a platform never loads another's module
         for boot in ("registration", "login"):
-            assert 0 < f[boot]["dynreg_bytes"] < min(12 * KIB, f["all"]["dynreg_bytes"]), (p, f)
-        assert f["all"]["dynreg_bytes"] < 16 * KIB, (p, f)
+            # login boot: the runtime (device.py: bounded reads, keepalive, reconnect, QoS 1) is about 3.5 KB
+            assert 0 < f[boot]["dynreg_bytes"] < min(15 * KIB, f["all"]["dynreg_bytes"]), (p, f)
+        assert f["all"]["dynreg_bytes"] < 19 * KIB, (p, f)
 
     # time: the login boot is part of the whole first boot, both well under the boot timeout
     for p in PLATFORMS:

@@ -534,6 +534,13 @@ def ref_credentials(info):
     raise Refused("tencent: unknown encryptionType %r" % (kind,))
 
 
+def ref_shown(value, limit=64):
+    """Network text as the device logs it: its UTF-8 bytes, printable ASCII kept, others \\xNN, then cut."""
+    data = value if isinstance(value, (bytes, bytearray)) else str(value).encode()
+    text = "".join(chr(b) if 32 <= b < 127 else "\\x%02x" % b for b in data[:limit])
+    return text[:limit] + ("..." if len(text) > limit or len(data) > limit else "")
+
+
 def ref_tencent_reply(body):
     reply = ref_json_object(body)
     if reply is None:
@@ -545,8 +552,8 @@ def ref_tencent_reply(body):
     if err:
         if not isinstance(err, dict):
             raise Refused("tencent: reply is not a JSON object")
-        raise Refused("tencent: registration refused: %s: %s" % (err.get("Code", err.get("code")),
-                                                                 err.get("Message", err.get("message"))))
+        raise Refused("tencent: registration refused: %s: %s" % (ref_shown(err.get("Code", err.get("code"))),
+                                                                 ref_shown(err.get("Message", err.get("message")))))
     return ref_decrypt(r.get("Payload", r.get("payload")), r.get("Len", r.get("len")))
 
 
@@ -630,7 +637,7 @@ def ref_mqtt_exchange(data, topic, id_key):
 def ref_ucloud(data):
     r = ref_mqtt_exchange(data, b"/$system/pid1/dev1/password_reply", "RequestID")
     if str(r.get("RetCode")) != "0":
-        raise Refused("ucloud: registration refused: RetCode %s" % r.get("RetCode"))
+        raise Refused("ucloud: registration refused: RetCode %s" % ref_shown(r.get("RetCode")))
     pw = r.get("Password")
     if not isinstance(pw, str) or ref_is_null(pw.encode()):
         raise Refused("ucloud: reply holds no Password")
@@ -647,7 +654,7 @@ def ref_protco(data):
     res = r.get("res")
     if res != 0:
         why = PROTCO_ERRORS.get(res) if isinstance(res, int) else None
-        raise Refused("protco: registration refused: res %s (%s)" % (res, why or r.get("msg")))
+        raise Refused("protco: registration refused: res %s (%s)" % (ref_shown(res), why or ref_shown(r.get("msg"))))
     d = r.get("data")
     if not isinstance(d, dict):
         raise Refused("protco: reply holds no data")

@@ -14,7 +14,8 @@ from tools.factory import nvs_schema as schema
 
 FIRMWARE = REPO / "firmware" / "lib" / "dynreg"
 # Store's accessors and the NVS type each one reads.
-READS = {"int": {schema.I32}, "text": {schema.TEXT}, "need": {schema.TEXT}, "get": {schema.TEXT, schema.BINARY},
+READS = {"int": {schema.I32}, "text": {schema.TEXT}, "need": {schema.TEXT}, "secret": {schema.TEXT, schema.BINARY},
+         "get": {schema.TEXT, schema.BINARY},
          "set": {schema.TEXT, schema.BINARY}, "erase": {schema.TEXT, schema.BINARY, schema.I32}}
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from host_tests.conftest import WIFI, run_on_device
+from host_tests.conftest import WIFI, mqtt_settings, run_on_device
 from host_tests.mqttproxy import DOWN, UP, MqttProxy, packet
 from host_tests.runtimeboard import Board, tencent_plain
 from host_tests.test_cloud_tencent import Mqtt
@@ -345,3 +345,10 @@ for args in ((ctx, "localhost", %d), (None, "nonexistent.invalid", 1883), (ctx, 
                       "The certificate is not correctly signed by the trusted CA" % cloud.ports["mqtts"], errors[1],
                       "error: mqtt: TLS handshake with 127.0.0.1:%d failed: timed out" % quiet], out
     assert errors[1].startswith("error: mqtt: DNS lookup of nonexistent.invalid failed ("), out
+
+
+@pytest.mark.parametrize("interp", ["micropython", "cpython"])
+def test_keepalive_outside_the_platforms_range_is_a_config_error(cloud, board, interp):
+    """UCloud's broker allows keepalives of 30..1200 s: keepalive_s=2 is refused at login, by name."""
+    run = board(mqtt_settings(cloud, "ucloud", UCLOUD, "rt-ka-range-" + interp[:2], keepalive_s=2))
+    assert run.rc == 1 and "ConfigError: NVS keepalive_s is 2; this platform allows 30..1200 s" in run.out, run

@@ -94,6 +94,9 @@ class _DictStore:
     def need(self, key):
         return self.values[key]
 
+    def secret(self, key):  # bytes, as dynreg.store.Store.secret
+        return self.get(key)
+
     def int(self, key, default=None):
         return self.values.get(key, default)
 
@@ -103,6 +106,7 @@ def fleet_worker(spec):
                     str(FIRMWARE / "lib")]  # as boards/sim/rom.py
     time.ticks_ms = lambda: time.monotonic_ns() // 1000000
     time.ticks_diff = lambda a, b: a - b
+    time.ticks_add = lambda a, b: a + b
     time.sleep_ms = lambda ms: time.sleep(ms / 1000)
     import dynreg
     from dynreg import flow, net, tencent_reg

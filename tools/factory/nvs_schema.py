@@ -71,13 +71,16 @@ KEYS = (
     Key("reg_host", TEXT, "Tencent registration host", "`ap-guangzhou.gateway.tencentdevices.com`"),
     Key("reg_port", I32, "Tencent registration port", "443 (80 plain)"),
     Key("reg_api", TEXT, "Tencent: `device` (`/device/register`) or `legacy` (`/register/dev`)", "`device`"),
-    Key("reg_timeout_ms", I32, "how long one registration exchange may take, in all (ms)", "30000"),
+    Key("reg_timeout_ms", I32, "total deadline of one registration exchange (ms), however slowly the server sends",
+        "30000"),
     Key("sign_method", TEXT, "Tencent `hmacsha256`/`hmacsha1`; Protco `hmacSha256`/`hmacSha1`", "sha256"),
     Key("mqtt_host", TEXT, "MQTT broker", "the platform's"),
     Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain)"),
-    Key("keepalive_s", I32, "MQTT keepalive (seconds; within the platform's range)", "60"),
-    Key("max_msg", I32, "largest MQTT message the device accepts (bytes)", "4096"),
-    Key("ack_ms", I32, "how long `publish(qos=1)` waits for the broker's PUBACK (ms)", "5000"),
+    Key("keepalive_s", I32, "MQTT keepalive (seconds) in CONNECT; `poll()` pings when due. Tencent 1..900, UCloud "
+                            "30..1200, Protco 1..65535", "60"),
+    Key("max_msg", I32, "largest MQTT packet read after login (bytes); a larger PUBLISH is skipped in 256-byte "
+                        "pieces", "4096"),
+    Key("ack_ms", I32, "how long `publish(qos=1)` waits for the PUBACK (ms)", "5000"),
     Key("login_ttl", I32, "Tencent MQTT login validity (seconds; expiry = now + ttl)", "3600"),
     Key("retry_ms", I32, "back-off base (ms)", "2000"),
     Key("retry_max_ms", I32, "back-off cap (ms)", "300000"),
@@ -87,8 +90,8 @@ KEYS = (
     Key("forget_prod", I32, "1: erase `prod_secret` after the first successful login, so a board captured later "
                             "cannot reveal the secret of its whole product line (a lost device secret then needs "
                             "re-provisioning)", "0"),
-    Key("report_s", I32, "the application's report interval (seconds)", "the application's"),
-    Key("report_count", I32, "reports before the application stops (0 = forever)", "the application's"),
+    Key("report_s", I32, "example `main.py`: seconds between reports", "60"),
+    Key("report_count", I32, "example `main.py`: reports before it disconnects and returns (0 = forever)", "0"),
     Key("region", TEXT, "UCloud region when `mqtt_host` is unset (`mqtt-<region>.iot.ucloud.cn`)", "`cn-sh2`"),
     Key("barcode", TEXT, "Protco: barcode sent with the registration"),
     Key("replace_pid", TEXT, "Protco: register under this other product (`replacePid`)"),

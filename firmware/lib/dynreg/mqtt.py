@@ -97,8 +97,8 @@ def login(ctx, host, port, client_id, user, password, keepalive=60, timeout=10):
         if not ack or ack[0] != 0x20 or len(ack[1]) != 2:
             raise DynregError("mqtt: no CONNACK from %s:%d" % (host, port))
         if ack[1][1]:
-            raise DynregError("mqtt: %s:%d: broker refused the login (CONNACK return code %d)"
-                              % (host, port, ack[1][1]))
+            raise DynregError("mqtt: broker refused the login (CONNACK return code %d) at %s:%d"
+                              % (ack[1][1], host, port))
     except BaseException:
         s.close()
         raise
