@@ -771,6 +771,7 @@ def _head(n):
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcd")
 @example(b"HTTP/1.1 200 OK\r\ncontent-length:  7 \r\n\r\nabcdefg")
 @example(b"HTTP/1.1 200\r\n\r\nok")  # no reason phrase
+@example(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok")  # bare LF line ends
 @example(b"ICY 200 OK\r\n\r\nok")  # not HTTP
 def test_read_reply(data):
     check_against("read_reply", ref_http, data)
