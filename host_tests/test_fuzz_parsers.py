@@ -499,7 +499,7 @@ def ref_json_object(text):
 def ref_decrypt(payload, length):
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    if not isinstance(payload, str) or not isinstance(length, int) or length <= 0:
+    if not isinstance(payload, str) or type(length) is not int or length <= 0:  # true is no length
         raise Refused("tencent: reply lacks a Payload string and a positive Len")
     data = ref_b64(payload, "tencent: Payload")
     if length > len(data) or len(data) % 16:
@@ -739,6 +739,7 @@ DEEP = b"[" * 3000  # nesting: CPython's json recurses (RecursionError), MicroPy
 @FUZZ
 @given(reply_body)
 @example(DEEP)
+@example(b'{"code": 0, "payload": "xtMxyIb1MRae", "len": true}')  # a boolean Len (an int to CPython)
 @example(b'{"Response": {"Error": [1]}}')
 def test_tencent_reply(body):
     check_against("tencent_reply", ref_tencent_reply, body)
