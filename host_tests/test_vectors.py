@@ -338,3 +338,34 @@ def test_mqtt_connect_hands_the_session_to_umqtt(monkeypatch):
     c = D["_patched"](D["net"], "open_socket", lambda *a: s, lambda: D["mqtt"].connect(st, None, "h.example", "cid",
                                                                                       "user", "pw"))
     assert (c.sock, c.client_id, c.server, c.port, c.keepalive) == (s, "cid", "h.example", 1999, 60)
+
+
+def test_mqttreg_reply_topics_and_payloads(capsys):
+    reply = D["mqttreg"].reply
+    long_topic = b"t/" + b"x" * 298  # a topic length with a high byte (300 = 0x012C)
+    assert reply(0x30, (300).to_bytes(2, "big") + long_topic + b'{"a": 1}', long_topic) == {"a": 1}
+    assert reply(0x30, b"\x00\x07t/other{}", b"t/reply") is None
+    assert capsys.readouterr().out == "dynreg: ignoring a message on another topic\n"
+    for payload in (b"[1]", b"1", b'"x"', b"null", b"{", b""):
+        assert reply(0x30, b"\x00\x07t/reply" + payload, b"t/reply") is None, payload
+        assert capsys.readouterr().out == "dynreg: ignoring a reply that is not a JSON object\n"
+
+
+def test_mqttreg_exchange_ends_on_a_socket_timeout(capsys):
+    """The socket's own timeout ends the wait at once: one read, the DynregError naming the wait, closed."""
+    class TimedOut(D["Stream"]):
+        reads = 0
+
+        def read(self, n=-1):
+            self.reads += 1
+            raise OSError(110)
+
+    s = TimedOut(b"")
+    with pytest.raises(D["DynregError"], match="^no registration reply within 5000 ms$"):
+        D["_patched"](D["mqttreg"], "os", D["FakeOs"], lambda: D["mqttreg"].exchange(s, "t", "t/reply", "id", {}))
+    assert s.reads == 1 and s.closed
+    # a reply for another request is logged and skipped; the wanted one is returned
+    s = D["Stream"](publish(b"t/reply", b'{"id": "other"}') + publish(b"t/reply", ('{"id": "%s"}' % RID).encode()))
+    assert D["_patched"](D["mqttreg"], "os", D["FakeOs"], lambda: D["mqttreg"].exchange(
+        s, "t", "t/reply", "id", {})) == {"id": RID}
+    assert capsys.readouterr().out == "dynreg: ignoring a reply for another request\n"
