@@ -715,8 +715,17 @@ def test_b64decode(text):
     check_against("b64decode", lambda t: ref_b64(t, "value"), text)
 
 
+PEM_OK = pem(base64.b64encode(b"\x30\x03\x02\x01\x05").decode())
+
+
 @FUZZ
 @given(pem_text | pem_text.map(str.encode) | st.binary(max_size=60))
+@example(PEM_OK)  # a block at offset 0
+@example("junk\n" + PEM_OK)
+@example(PEM_OK.replace("\n", "\r\n"))
+@example("-----BEGIN X-----END X-----")  # no line break after BEGIN
+@example("-----BEGIN X\nMDEy\n")  # no END
+@example("MDEy\n-----END X-----\n")  # no BEGIN
 def test_pem_to_der(text):
     check_against("pem_to_der", ref_pem, text)
 
@@ -729,6 +738,10 @@ def test_decrypt_payload(pl):
 
 @FUZZ
 @given(info | json_value.filter(lambda v: isinstance(v, dict)))
+@example({"encryptionType": 1, "clientCert": PEM_OK, "clientKey": PEM_OK.replace("MAMCAQU=", "MAMCAQY=")})
+@example({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="})
+@example({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2Rl"})  # 15 bytes
+@example({"encryptionType": 2.0, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="})
 def test_credentials(i):
     check_against("credentials", ref_credentials, i)
 

@@ -184,7 +184,7 @@ def _tencent_reply(plain):
 
 
 @pytest.mark.parametrize("method", ["hmacsha256", "hmacsha1"])
-def test_tencent_request_is_signed(method):
+def test_tencent_request_is_signed(method, capsys):
     reply = _tencent_reply(json.dumps({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="}).encode())
     raw, result = _send("tencent", {"sign_method": method.upper()}, reply)
     assert result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
@@ -199,6 +199,13 @@ def test_tencent_request_is_signed(method):
     # over TLS the default port is 443, which the Host header leaves out
     raw, result = _send("tencent", {}, reply, ctx=True)
     assert _http_request(raw)[1]["Host"] == "localhost" and result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
+    assert capsys.readouterr().out.splitlines() == ["dynreg: tencent: POST http://localhost:80/device/register",
+                                                    "dynreg: tencent: POST https://localhost:443/device/register"]
+    raw, _ = _send("tencent", {"reg_host": ""}, reply)  # the platform's gateway by default
+    assert _http_request(raw)[1]["Host"] == "ap-guangzhou.gateway.tencentdevices.com"
+    # the nonce is 31 random bits: of 64 requests, all below 2**31 and not all below 2**30 (false failure: 2**-64)
+    nonces = [int(_http_request(_send("tencent", {}, reply)[0])[1]["X-TC-Nonce"]) for _ in range(64)]
+    assert max(nonces) < 2 ** 31 and max(nonces) >= 2 ** 30 and min(nonces) >= 0
 
 
 def test_tencent_legacy_request_and_refusals():
@@ -213,7 +220,7 @@ def test_tencent_legacy_request_and_refusals():
     for pid, name in (("pid1", "dev 1"), ("pid/1", "dev1"), ("pid1", 'dev"1')):
         raw, result = _send("tencent", {"prod_id": pid}, name=name)
         assert isinstance(result, D["crypto"].ConfigError) and raw == b"", (pid, name, result)
-    raw, result = _send("tencent", {}, name="Az09-_:.@")
+    raw, result = _send("tencent", {}, name="aAzZ09-_:.@")
     assert not isinstance(result, D["crypto"].ConfigError) and raw
 
 
