@@ -150,6 +150,9 @@ def test_sign_method_names():
 # (tools/cloud, written from the platforms' docs separately from the firmware): one source of truth
 # each side, meeting only on the wire.
 
+OPENED = []  # (host, port, ctx, timeout) of each connection _send's registrations opened
+
+
 def _send(platform, values, reply=b"", name="dev1", ctx=None):
     """Run `platform`_reg.register over a recording stream -> (bytes written, result or DynregError)."""
     class Rec(D["Stream"]):
@@ -164,7 +167,7 @@ def _send(platform, values, reply=b"", name="dev1", ctx=None):
                          **values))
     reg = D[platform + "_reg"]
     try:
-        result = D["_patched"](D["net"], "open_socket", lambda *a, **k: s, lambda: D["_patched"](
+        result = D["_patched"](D["net"], "open_socket", lambda *a: OPENED.append(a) or s, lambda: D["_patched"](
             D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, ctx)))
     except D["DynregError"] as e:
         result = e
@@ -268,8 +271,13 @@ def test_ucloud_request():
     fields, packets = _mqtt_session(raw)
     assert fields == ["pid1.dev1", "pid1|dev1|2", SECRET.decode()]
     assert _check_exchange(packets, b"/$system/pid1/dev1/password", UCLOUD_TOPIC, "RequestID") == {"RequestID": RID}
+    assert OPENED[-1][3] == 5  # the registration login's connection timeout (s)
+    for code in ("7", 1, None):
+        raw, result = _send("ucloud", {}, CONNACK + SUBACK + qos1(UCLOUD_TOPIC, json.dumps(
+            {"RequestID": RID, "RetCode": code, "Password": "pw-01"}).encode()))
+        assert str(result) == "ucloud: registration refused: RetCode %s" % code, result
     for name, ok in (("abc", False), ("abcd", True), ("a" * 64, True), ("a" * 65, False), ("ab cd", False),
-                     ("Az09-_@:", True), ("ab/cd", False)):
+                     ("aZzA09-_@:", True), ("ab/cd", False)):
         raw, result = _send("ucloud", {}, name=name)
         assert isinstance(result, D["crypto"].ConfigError) != ok and (raw != b"") == ok, (name, result)
 
@@ -284,6 +292,7 @@ def test_protco_request(method):
     ts = int(user.rsplit("=", 1)[1])
     assert client == "register_pid1_dev1" and user == "pid1|signMethod=%s,ts=%d" % (method, ts)
     assert abs(ts - time.time()) < 5 and password == protco_sign(SECRET.decode(), "pid1", ts, method)
+    assert OPENED[-1][3] == 5
     request = _check_exchange(packets, b"register/v2/pid1/dev1/register", PROTCO_TOPIC, "id")
     assert abs(request.pop("ts") - ts) <= 1
     assert request == {"id": RID, "code": "register", "ack": 1,
