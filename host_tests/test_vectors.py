@@ -385,3 +385,24 @@ def test_mqttreg_exchange_ends_on_a_socket_timeout(capsys):
     assert D["_patched"](D["mqttreg"], "os", D["FakeOs"], lambda: D["mqttreg"].exchange(
         s, "t", "t/reply", "id", {})) == {"id": RID}
     assert capsys.readouterr().out == "dynreg: ignoring a reply for another request\n"
+
+
+def _protco_reply(reply):
+    return _send("protco", {}, CONNACK + SUBACK + publish(PROTCO_TOPIC, json.dumps(dict(reply, id=RID)).encode()))[1]
+
+
+def test_protco_reply_fields_and_refusals():
+    from host_tests.test_fuzz_parsers import PROTCO_ERRORS
+
+    assert OPENED.clear() or _protco_reply({"res": 0, "data": {"uuid": "u", "pid": "p2", "secret": "s"}}) == [
+        ("dev_pid", b"p2"), ("dev_uuid", b"u"), ("dev_secret", b"s")]
+    assert OPENED[0][:2] == ("mqtt.protco.in", 1883)  # the platform's broker unless NVS names one
+    for data, what in (({"pid": "p", "secret": "s"}, "uuid"), ({"uuid": 5, "secret": "s"}, "uuid"),
+                       ({"uuid": "u", "pid": 5, "secret": "s"}, "pid"), ({"uuid": "u", "secret": ""}, "secret"),
+                       ({"uuid": "u", "secret": ["s"]}, "secret")):
+        assert str(_protco_reply({"res": 0, "data": data})) == "protco: reply lacks " + what, data
+    assert str(_protco_reply({"res": 0, "data": "x"})) == "protco: reply holds no data"
+    for code, why in PROTCO_ERRORS.items():  # every documented res code is named
+        assert str(_protco_reply({"res": code, "msg": "m"})) == "protco: registration refused: res %d (%s)" % (
+            code, why)
+    assert str(_protco_reply({"res": "1004", "msg": "m"})) == "protco: registration refused: res 1004 (m)"
