@@ -1,4 +1,4 @@
-# Freeze dynreg into a custom MicroPython firmware (README "From factory to field", "Freezing").
+# Freeze dynreg into a custom MicroPython firmware (docs/factory.md, "Freezing dynreg into the firmware").
 # From a micropython checkout (ports/esp32, ESP-IDF set up):
 #   make BOARD=ESP32_GENERIC FROZEN_MANIFEST=/path/to/this/repo/manifest.py
 # Relative paths below are relative to this file.

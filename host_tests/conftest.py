@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from host_tests.secrets_scan import assert_clean  # noqa: E402
 from tools.cloud.proc import EPHEMERAL, Emulator  # noqa: E402
+from tools.cloud.state import read_console_password  # noqa: E402
 
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 
@@ -28,6 +29,7 @@ def board_path(interp):
         dirs.insert(0, str(REPO / "boards" / "sim" / "cpython"))
     return dirs
 WIFI = {"wifi_ssid": "sim-ap", "wifi_pass": "sim-pass-123"}
+RUN = {"report_s": 1, "report_count": 3}  # main.py: three reports a second apart, then it returns
 # A test registry: the sim's products plus ones the tests need to themselves.
 EXTRA_TENCENT = {
     "TSTPRE0001": {"secret": "Qm9vdFRlc3RQcmVDcmVhdGU1", "auto_create": False,
@@ -56,7 +58,7 @@ class Cloud:
 
     def secrets(self):
         """Every secret in play: product secrets and whatever the cloud issued."""
-        found = {self.registry["console"]["password"]}
+        found = {read_console_password(self.state)}
         for platform, products in self.registry.items():
             if isinstance(products, dict):
                 for p in products.values():
@@ -123,7 +125,8 @@ class Run:
 def board(tmp_path, cloud, interp):
     """board(settings, fresh=True, **runner options) -> Run; checks no secret reached the output."""
 
-    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None):
+    def run(settings, fresh=True, max_boots=4, umqtt="frozen", timeout=120, state=None, mac=None, firmware=None,
+            extra=()):
         path = tmp_path / "settings.json"
         path.write_text(json.dumps(settings))
         args = [PYTHON, str(SIM_RUNNER), "--settings", str(path), "--interp", interp,
@@ -133,6 +136,9 @@ def board(tmp_path, cloud, interp):
             args.append("--fresh")
         if mac:
             args += ["--mac", mac]
+        if firmware:
+            args += ["--firmware", str(firmware)]
+        args += list(extra)  # more runner options, e.g. ("--fault", "nvs_write:2")
         proc = subprocess.run(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               timeout=timeout)
         result = Run(proc)
@@ -146,7 +152,7 @@ def board(tmp_path, cloud, interp):
 
 def tencent_settings(cloud, pid, name, **extra):
     """Factory settings of a Tencent board pointed at the emulator over TLS."""
-    s = dict(WIFI, platform="tencent", prod_id=pid, prod_secret=cloud.secret("tencent", pid), dev_name=name,
+    s = dict(WIFI, **RUN, platform="tencent", prod_id=pid, prod_secret=cloud.secret("tencent", pid), dev_name=name,
              reg_host="localhost", reg_port=cloud.ports["https"], mqtt_host="localhost",
              mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100, max_tries=1)
     s.update(extra)
@@ -175,7 +181,7 @@ def run_on_device(interp, tmp_path, code, timeout=60, nvs=None):
 
 def mqtt_settings(cloud, platform, pid, name, **extra):
     """Factory settings of a UCloud or Protco board pointed at the emulator's TLS broker."""
-    s = dict(WIFI, platform=platform, prod_id=pid, prod_secret=cloud.secret(platform, pid), dev_name=name,
+    s = dict(WIFI, **RUN, platform=platform, prod_id=pid, prod_secret=cloud.secret(platform, pid), dev_name=name,
              mqtt_host="localhost", mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100,
              max_tries=1)
     s.update(extra)
@@ -183,7 +189,7 @@ def mqtt_settings(cloud, platform, pid, name, **extra):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Print the robustness counts (README "Failure behaviour") that the fault and hostile tests wrote."""
+    """Print the robustness counts (docs/failure-and-security.md) that the fault and hostile tests wrote."""
     for name in ("faults.json", "hostile.json"):
         path = REPO / "build" / "robustness" / name
         if path.exists():

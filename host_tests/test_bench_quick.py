@@ -30,6 +30,10 @@ def test_bench_quick(tmp_path):
                 "Time: power-on → first publish"):
         assert row in table
 
+    # reconnect in place: faster than a reboot + login, in the same process
+    rc = r["reconnect"]
+    assert rc["drops"] == 10 and 0 < rc["reconnect_median_ms"] < rc["reboot_login_median_ms"], rc
+
     # round trips: Tencent one HTTP exchange, UCloud and Protco two (CONNECT, SUBSCRIBE+PUBLISH)
     for p, minimum in zip(PLATFORMS, (1, 2, 2)):
         rt = r["round_trips"][p]

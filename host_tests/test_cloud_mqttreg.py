@@ -1,6 +1,7 @@
 """The cloud emulator's UCloud and Protco platforms (registration over MQTT) and its console login,
 driven over raw MQTT sockets like a device would."""
 
+import itertools
 import json
 import struct
 import time
@@ -13,10 +14,11 @@ from host_tests.secrets_scan import assert_clean
 from test_cloud_tencent import Mqtt, _s, registered
 from tools.cloud.protco import sign
 from tools.cloud.registry import load_registry
+from tools.cloud.state import read_console_password
 
 REGISTRY = json.load(open(f"{REPO}/tools/cloud/registry.json", encoding="utf-8"))
 SECRET = {pid: p["secret"] for platform in ("ucloud", "protco") for pid, p in REGISTRY[platform].items()}
-CONSOLE = REGISTRY["console"]
+CONSOLE = REGISTRY["console"]["username"]
 UC, UC_WL, UC_OFF, UC_NUM, UC_RC7, UC_MUTE, UC_OTHER = REGISTRY["ucloud"]
 PR, PR_ALT, PR_OFF, PR_NOCMD, PR_RES, PR_MUTE, PR_OTHER = REGISTRY["protco"]
 PROBE_DELAY_MS = 100
@@ -67,9 +69,14 @@ def ucloud_login(cloud, psn, dsn, password):
     return client, client.connect(f"{psn}.{dsn}", f"{psn}|{dsn}|1", password)
 
 
+# a registration signature (pid, ts) belongs to the first device id registered with it: each
+# CONNECT here signs a ts of its own, within the emulator's window (600 s)
+_ts = itertools.count(int(time.time()) - 500)
+
+
 def protco_connect(cloud, client_id, who, key, method="hmacSha256", ts=None):
     """A signed Protco CONNECT; returns (client, CONNACK code)."""
-    ts = int(time.time()) if ts is None else ts
+    ts = next(_ts) if ts is None else ts
     client = Mqtt(cloud.ports)
     return client, client.connect(client_id, f"{who}|signMethod={method},ts={ts}", sign(key, who, ts, method))
 
@@ -98,9 +105,10 @@ def protco_login(cloud, uuid, secret, **kw):
     return protco_connect(cloud, f"rlink_{uuid}_V2", uuid, secret, **kw)
 
 
-def console(cloud, password=CONSOLE["password"]):
+def console(cloud, password=None):
+    """A console login over plain TCP with the password the emulator made for its state directory."""
     client = Mqtt(cloud.ports)
-    return client, client.connect("console-1", CONSOLE["username"], password)
+    return client, client.connect("console-1", CONSOLE, password or read_console_password(cloud.state))
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -116,7 +124,7 @@ def cloud(tmp_path_factory):
     log = emulator.log()
     issued = [r["secret"] for p in ("ucloud", "protco") for r in emulator.records(p).values()]
     public = set(SECRET) | {k for p in ("ucloud", "protco") for k in emulator.records(p)}
-    assert_clean(log, list(SECRET.values()) + [CONSOLE["password"]] + issued, public, derived=True,
+    assert_clean(log, list(SECRET.values()) + [read_console_password(state)] + issued, public, derived=True,
                  where="the emulator's log")
     assert "Traceback" not in log
 
@@ -416,7 +424,8 @@ def test_console_watches_and_commands(cloud):
     ({"ucloud": {"p1": {"secret": "s" * 16, "reply": "later"}}}, "reply must be"),
     ({"ucloud": {"p1": {"secret": "s" * 16, "whitelist": "dev1"}}}, "whitelist must be"),
     ({"ucloud": {"p|1": {"secret": "s" * 16}}}, "product id"),
-    ({"console": {"username": "c"}}, "console must be"),
+    ({"console": {"username": ""}}, "console must be"),
+    ({"console": {"username": "c", "password": "fixed-in-the-repository"}}, "console takes no password"),
 ])
 def test_registry_rejects_malformed(tmp_path, content, complaint):
     path = tmp_path / "registry.json"

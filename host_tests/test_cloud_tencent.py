@@ -102,11 +102,14 @@ class Mqtt:
         self.pid = 0
         self.pending = []
 
-    def connect(self, client_id, username=None, password=None, clean=True):
-        """CONNECT; returns the CONNACK return code (0 = accepted)."""
-        flags = (0x02 if clean else 0) | (0x80 if username else 0) | (0x40 if password else 0)
-        payload = _s(client_id) + (_s(username) if username else b"") + (_s(password) if password else b"")
-        self._send(0x10, b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", 60) + payload)
+    def connect(self, client_id, username=None, password=None, clean=True, keepalive=60, will=None,
+                protocol=b"\x00\x04MQTT\x04"):
+        """CONNECT (will: (topic, message), QoS 0); returns the CONNACK return code (0 = accepted).
+        protocol: name and level, b"\\x00\\x06MQIsdp\\x03" for MQTT 3.1."""
+        flags = (0x02 if clean else 0) | (0x80 if username else 0) | (0x40 if password else 0) | (0x04 if will else 0)
+        payload = _s(client_id) + (_s(will[0]) + _s(will[1]) if will else b"")
+        payload += (_s(username) if username else b"") + (_s(password) if password else b"")
+        self._send(0x10, protocol + bytes([flags]) + struct.pack("!H", keepalive) + payload)
         kind, body = self.read()
         assert kind == 0x20, kind
         return body[1]

@@ -88,7 +88,7 @@ from dynreg import net, tencent
 
 
 class Dev:
-    pid, ident = "P1", "d1"
+    product, ident = "P1", "d1"
 
     def publish(self, topic, msg):
         print("asked on", topic)
@@ -100,7 +100,7 @@ now_ms = (net.unix_time() + 100) * 1000  # the cloud's clock runs 100 s ahead
 reply = '{"type":"get","time":%d,"ntptime1":%d,"ntptime2":%d}' % (now_ms // 1000, now_ms, now_ms)
 print(tencent.handle(dev, b"$thing/down/property/P1/d1", reply))  # not the time service's topic
 print(tencent.handle(dev, b"$sys/operation/result/P1/d1", reply), 99 <= net.unix_time() - int(time.time()) <= 101)
-dev.time_asked = time.ticks_add(time.ticks_ms(), -6000)  # read 6 s after asking: the midpoint is no good
+tencent._asked = time.ticks_add(time.ticks_ms(), -6000)  # read 6 s after asking: the midpoint is no good
 print(tencent.handle(dev, b"$sys/operation/result/P1/d1", '{"ntptime1":1700000000000,"ntptime2":1700000000000}'))
 print(99 <= net.unix_time() - int(time.time()) <= 101)
 """).splitlines()

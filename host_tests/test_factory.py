@@ -5,9 +5,9 @@ No ESP32 here: hardware paths are checked as a user runs them, through `make -n`
 """
 import base64
 import csv
-import importlib.util
 import json
 import re
+import shlex
 import subprocess
 import sys
 
@@ -15,7 +15,7 @@ import pytest
 
 from host_tests.conftest import PYTHON, REPO, SIM_RUNNER, WIFI
 from host_tests.secrets_scan import assert_clean
-from tools.factory import boards, flash, nvsformat, provision
+from tools.factory import boards, nvsformat, provision
 from tools.sim import run as sim
 
 REAL_BOARDS = {  # board -> (chip, firmware offset)
@@ -211,12 +211,12 @@ def test_error_key_over_15_bytes(tmp_path, ca_pem):
 
 
 def test_error_value_too_large(tmp_path, ca_pem):
-    big = ["blob%d" % i for i in range(4)]
+    big = ["blob%d:blob" % i for i in range(4)]  # keys of the application's own, declared
     r = row(dev_name="a", **{k: "x" * 4000 for k in big})
     _fails(tmp_path, [r], r"do not fit in a 0x4000-byte NVS partition", extra=("--partition", "ota"), ca=ca_pem)
     # fits the default partition, but the device could not store its certificate and key at registration
     r = row(dev_name="a", **{k: "x" * 3900 for k in big})
-    _fails(tmp_path, [r], r"leaves no room for what the device stores when it registers \(dev_cert, dev_key, "
+    _fails(tmp_path, [r], r"leaves no room for what the device stores when it registers \(dev_cert, dev_id, dev_key, "
                           r"dev_secret\)", ca=ca_pem)
     # one blob over what the device reads
     _fails(tmp_path, [row(dev_name="a", barcode="x" * 4097)], r"barcode is 4097 bytes; the device reads blobs "
@@ -230,7 +230,8 @@ def test_error_value_too_large(tmp_path, ca_pem):
     ("ca", r"ca is missing"),
 ])
 def test_error_missing_field(tmp_path, ca_pem, missing, expect):
-    _fails(tmp_path, [row(dev_name="a", **{missing: ""})], r"row 1: " + expect, ca=ca_pem)
+    _fails(tmp_path, [row(dev_name="a", **{missing: ""})], r"b.csv row 1, column %d: " % (COLUMNS.index(missing) + 1)
+           + expect, ca=ca_pem)
 
 
 def test_no_ca_needed_without_tls_nor_prod_secret_with_a_device_secret(tmp_path, ca_pem):
@@ -243,7 +244,7 @@ def test_no_ca_needed_without_tls_nor_prod_secret_with_a_device_secret(tmp_path,
 
 
 def test_error_unknown_platform(tmp_path, ca_pem):
-    _fails(tmp_path, [row(platform="aliyun")], r"unknown platform 'aliyun' \(one of tencent, ucloud, protco\)",
+    _fails(tmp_path, [row(platform="aliyun")], r"row 1, column 1: platform is not one of tencent, ucloud, protco",
            ca=ca_pem)
 
 
@@ -251,68 +252,71 @@ def test_error_ca_not_a_certificate(tmp_path, ca_pem):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "key.pem").write_bytes((ca_pem.parent / "key.pem").read_bytes())  # a key, not a certificate
     (tmp_path / "in" / "notes.txt").write_text("not a certificate at all")
-    _fails(tmp_path, [row(ca="key.pem")], r"row 1: ca \(.*key.pem\) is not an X.509 certificate")
-    _fails(tmp_path, [row(ca="notes.txt")], r"row 1: ca \(.*notes.txt\) is not an X.509 certificate")
-    _fails(tmp_path, [row(ca="missing.pem")], r"ca: cannot read .*missing.pem")
+    _fails(tmp_path, [row(ca="key.pem")], r"row 1, column 10: ca \(.*key.pem\) is not an X.509 certificate")
+    # a file name that does not look like a certificate's is not shown (it may be a shifted secret)
+    _fails(tmp_path, [row(ca="notes.txt")], r"row 1, column 10: ca \(the file it names\) is not an X.509 certificate")
+    _fails(tmp_path, [row(ca="missing.pem")], r"row 1, column 10: ca: cannot read .*missing.pem")
     # checked whenever given, also for plain TCP
     _fails(tmp_path, [row(ca="notes.txt", tls="0")], r"is not an X.509 certificate",
            columns=COLUMNS + ["tls"])
 
 
 def test_error_other_input(tmp_path, ca_pem):
-    _fails(tmp_path, [row(reg_port="https")], r"reg_port='https' is not an integer", ca=ca_pem)
-    _fails(tmp_path, [row(dev_name="x"), row(dev_name="x")], r"dev_name 'x' appears in more than one row",
-           ca=ca_pem)
+    _fails(tmp_path, [row(reg_port="https")], r"b.csv row 1, column 7: reg_port is not an integer", ca=ca_pem)
+    _fails(tmp_path, [row(dev_name="x"), row(dev_name="x")], r"rows 1, 2 have the same dev_name", ca=ca_pem)
     _fails(tmp_path, [row(platform="ucloud", dev_name="ab")], r"UCloud DeviceSN is 4-64 characters", ca=ca_pem)
     _fails(tmp_path, [row(dev_name="a")], r"unknown board", board="ESP32_NOPE", ca=ca_pem)
     _fails(tmp_path, [row(dev_name="a"), row(dev_name="b")], r"--flash writes one image; this batch makes 2",
            extra=("--flash", "/dev/null", "--dry-run"), ca=ca_pem)
 
 
-# --------------------------------------------------------------------------- make -n flash
+# --------------------------------------------------------------------------- make flash = the flash tool
 
 def _steps(text):
-    """The board-touching commands of a recipe, in order, without the interpreter path."""
-    steps = []
-    for line in text.splitlines():
-        m = re.search(r"-m (esptool|mpremote) (.*)$", line) or re.search(r"tools/factory/flash\.py (choose-nvs .*)$", line)
-        if m:
-            steps.append(" ".join(m.groups()) if m.lastindex == 2 else m.group(1))
-    return steps
+    """The board-touching commands of a dry run, in order, without the interpreter path."""
+    return [" ".join(m.groups()) for m in re.finditer(r"-m (esptool|mpremote) (.*)$", text, re.M)]
+
+
+def _flash_dry_run(*make_args):
+    """`make -n flash ARGS`: the one command it runs (the flash tool), then that command with --dry-run."""
+    proc = make_n("flash", *make_args)
+    assert proc.returncode == 0, proc.stderr
+    assert "esptool" not in proc.stdout and "mpremote" not in proc.stdout  # no sequence of its own
+    lines = [line for line in proc.stdout.splitlines() if "tools/factory/flash.py flash " in line]
+    assert len(lines) == 1, proc.stdout
+    command = shlex.split(lines[0])
+    assert command[0].endswith("/python") and command[1] == "tools/factory/flash.py"
+    dry = subprocess.run([PYTHON] + command[1:] + ["--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    return command[2:], dry
 
 
 @pytest.mark.parametrize("name", sorted(REAL_BOARDS))
-def test_make_n_flash_offsets_and_order(tmp_path, name):
+def test_make_flash_runs_the_flash_tool(tmp_path, name):
     chip, fw = REAL_BOARDS[name]
     firmware = tmp_path / "micropython.bin"
     firmware.write_bytes(b"\xe9")
     factory = tmp_path / "dev-0001.bin"
     factory.write_bytes(provision.build_image({"platform": "tencent"}))
-    proc = make_n("flash", "BOARD=" + name, "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % firmware, "NVS=%s" % factory)
-    assert proc.returncode == 0, proc.stderr
+    args, dry = _flash_dry_run("BOARD=" + name, "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % firmware, "NVS=%s" % factory)
+    assert args == ["flash", "--board", name, "--partition", "default", "--port", "/dev/ttyUSB0", "--baud", "460800",
+                    "--backup", "build/nvs-backup/ttyUSB0.bin", "--firmware", str(firmware), "--nvs", str(factory)]
     esp = "esptool --chip %s --port /dev/ttyUSB0 --baud 460800" % chip
-    assert _steps(proc.stdout) == [
+    assert [re.sub(r"\S*(build/deploy/lib|firmware/(boot|main)\.py)", r"\1", s) for s in _steps(dry.stdout)] == [
         "%s --after no-reset read-flash 0x9000 0x6000 build/nvs-backup/ttyUSB0.bin" % esp,          # (a)
-        "choose-nvs --board %s --partition default --backup build/nvs-backup/ttyUSB0.bin --nvs %s "
-        "--out build/nvs-backup/ttyUSB0.write.bin" % (name, factory),                                 # (b)
         "%s --after no-reset write-flash %s %s" % (esp, fw, firmware),                                # (c)
         "%s write-flash 0x9000 build/nvs-backup/ttyUSB0.write.bin" % esp,                              # (d)
         "mpremote connect /dev/ttyUSB0 cp -r build/deploy/lib : + cp firmware/boot.py firmware/main.py :",  # (e)
     ]
-    # the OTA layout: NVS still at 0x9000, 0x4000 long; FORCE=1 reaches the decision
-    proc = make_n("flash", "BOARD=" + name, "PARTITION=ota", "PORT=/dev/ttyUSB0", "FORCE=1")
-    steps = _steps(proc.stdout)
-    assert steps[0].endswith("read-flash 0x9000 0x4000 build/nvs-backup/ttyUSB0.bin")
-    assert "--partition ota" in steps[1] and steps[1].endswith("--force --out build/nvs-backup/ttyUSB0.write.bin")
-    assert not [s for s in steps if re.search(r"write-flash 0x(1000|0) ", s)]  # no FIRMWARE=: firmware kept
-    assert "write-flash 0x9000" in steps[2]
-    # the flash tool's dry run runs the same steps
-    dry = tool("flash", "flash", "--board", name, "--port", "/dev/ttyUSB0", "--firmware", firmware, "--nvs", factory,
-               "--backup", "build/nvs-backup/ttyUSB0.bin", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    want = _steps(make_n("flash", "BOARD=" + name, "PORT=/dev/ttyUSB0", "FIRMWARE=%s" % firmware,
-                         "NVS=%s" % factory).stdout)
-    assert [re.sub(r"\S*(build/deploy/lib|firmware/(boot|main)\.py)", r"\1", s) for s in _steps(dry.stdout)] == want
+    assert "# (d) will write %s" % factory in dry.stdout  # (b): no backup yet, a blank board takes the factory image
+    # the OTA layout: NVS still at 0x9000, 0x4000 long; FORCE=1 and BAUD= reach the tool; no FIRMWARE=: kept
+    args, dry = _flash_dry_run("BOARD=" + name, "PARTITION=ota", "PORT=/dev/ttyUSB0", "FORCE=1", "BAUD=115200")
+    assert args[args.index("--partition") + 1] == "ota" and args[-1] == "--force" and "115200" in args
+    steps = _steps(dry.stdout)
+    assert steps[0].endswith("--baud 115200 --after no-reset read-flash 0x9000 0x4000 build/nvs-backup/ttyUSB0.bin")
+    assert not [s for s in steps if re.search(r"write-flash 0x(1000|0) ", s)]
+    assert steps[1].endswith("write-flash 0x9000 build/nvs-backup/ttyUSB0.write.bin")
+    assert "no firmware given: the board keeps its MicroPython" in dry.stderr
 
 
 def test_make_n_other_targets(tmp_path):
@@ -468,7 +472,8 @@ def test_factory_image_boots_registers_and_reads_back(tmp_path, cloud, interp):
         assert record["registrations"] == 1 and record["activated"]
         assert keys["dev_secret"] == ("blob", record["psk"].encode())  # what the cloud issued, stored in NVS
         factory_keys = entries_of(factory_bytes)["dynreg"]
-        assert {k: v for k, v in keys.items() if k != "dev_secret"} == factory_keys  # settings untouched
+        assert keys["dev_id"] == ("blob", b"tencent/" + mac.encode())  # the identity marker, written after it
+        assert {k: v for k, v in keys.items() if k not in ("dev_secret", "dev_id")} == factory_keys  # untouched
         # read back as the flash tool reads a board's backup: the identity is there, the secret is not shown
         shown = tool("flash", "show", state / "nvs.bin")
         assert "identity: dev_secret" in shown.stdout and keys["dev_secret"][1].decode() not in shown.stdout
@@ -484,11 +489,8 @@ def test_package_json_lists_exactly_the_dynreg_files():
     files = sorted(p.name for p in (REPO / "firmware" / "lib" / "dynreg").glob("*.py"))
     targets = [t for t, _ in doc["urls"]]
     assert sorted(targets) == ["dynreg/" + f for f in files] and len(set(targets)) == len(targets)
-    for target, url in doc["urls"]:
-        m = re.fullmatch(r"github:([\w.-]+)/([\w.-]+)/(.+)", url)
-        assert m, url
-        assert m.group(3) == "firmware/lib/" + target and (REPO / m.group(3)).is_file()
-    assert len({re.match(r"github:[^/]+/[^/]+", u).group(0) for _, u in doc["urls"]}) == 1  # one repository
+    for target, url in doc["urls"]:  # relative to package.json: mip resolves them wherever the repository lives
+        assert url == "firmware/lib/" + target and (REPO / url).is_file()
     assert doc["deps"] == [["umqtt.simple", "latest"]] and re.fullmatch(r"\d+\.\d+\.\d+", doc["version"])
     assert set(doc) == {"urls", "deps", "version"}
 

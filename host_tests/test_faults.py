@@ -25,6 +25,7 @@ import pytest
 
 from host_tests.conftest import INTERPS, PYTHON, REPO, SIM_RUNNER, mqtt_settings, tencent_settings
 from host_tests.faultproxy import CONNACK_UNAVAILABLE, HTTP_503, FaultProxy
+from host_tests.mqttproxy import UP, MqttProxy
 from host_tests.secrets_scan import assert_clean, scan
 from tools.cloud import registry as cloud_registry
 from tools.cloud import tencent as cloud_tencent
@@ -247,8 +248,8 @@ REGISTERED_KEY = {"tencent-psk": "dev_secret", "tencent-cert": "dev_cert", "uclo
 
 @pytest.mark.parametrize("product", list(PRODUCTS))
 def test_registered_key_is_written_last(cloud, tmp_path, product):
-    """The key that means "registered" is the last NVS write of a registration: a power cut at that write
-    leaves every other item in flash and the board unregistered; one write later, no cut happens at all."""
+    """The key that means "registered" is the last item of a registration that NVS stores (only the identity
+    marker follows it): a power cut at that write leaves every other item in flash and the board unregistered."""
     platform, pid, writes = PRODUCTS[product]
     name = "order-%s" % product.replace("tencent-", "t")
     settings = settings_for(cloud, product, name, max_tries=1)
@@ -259,9 +260,12 @@ def test_registered_key_is_written_last(cloud, tmp_path, product):
     nvs = board.nvs()
     stored = [k for k in ("dev_key", "dev_pid", "dev_uuid", "dev_secret", "dev_cert") if k in nvs]
     assert REGISTERED_KEY[product] not in stored and len(stored) == writes - 1, stored
-    board.run(fault="nvs_write:%d" % (writes + 1), max_boots=1)
+    # After it comes only the identity marker (dev_id: a cut there leaves a registered board, which writes
+    # its marker at its first login; test_nvs_damage.py), so two writes later no cut happens at all.
+    board.run(fault="nvs_write:%d" % (writes + 2), max_boots=1)
     assert "[sim] power cut" not in board.out and "registered: stored" in board.out, board.out
-    assert board.nvs().get(REGISTERED_KEY[product])
+    nvs = board.nvs()
+    assert nvs.get(REGISTERED_KEY[product]) and nvs.get("dev_id"), sorted(nvs)
     case["passed"] = True
 
 
@@ -412,19 +416,27 @@ def test_registration_server_faults(cloud, tmp_path, interp, what):
 @pytest.mark.parametrize("interp", INTERPS)
 @pytest.mark.parametrize("product", ["tencent-psk", "ucloud"])
 def test_mqtt_dropped_mid_session(cloud, tmp_path, interp, product):
-    """Plain MQTT through the proxy: the first session is dropped right after its CONNACK."""
+    """Plain MQTT through the proxy: the login session is cut right after the board's SUBSCRIBE went through
+    (an exact point: connect() has returned). The board reconnects in place: no reboot, no back-off."""
     platform = PRODUCTS[product][0]
     name = "net-drop-%s-%s" % (platform, interp[:2])
     case = record(name, interp, 1)
-    proxy = FaultProxy(cloud.ports["mqtt"], [("drop", 4)])
+    proxy = MqttProxy(cloud.ports["mqtt"])
+    # The registration connection (UCloud) subscribes too; the login's CONNECT has the |1 / psk username.
+    proxy.rule = (UP, lambda c, f, b: f & 0xF0 == 0x80 and c.packets and b"|2" not in c.packets[0][2], "cut_after")
     settings = settings_for(cloud, product, name, tls=0, mqtt_port=proxy.port)
     settings.pop("ca")
     if platform == "tencent":
         settings["reg_port"] = cloud.ports["http"]
     board = Board(cloud, tmp_path, interp, settings)
-    with proxy:
+    try:
         board.run(timeout=60)
-    check_backoff(board, 1)
+    finally:
+        proxy.close()
+    assert proxy.rule is None, "the SUBSCRIBE was never cut"
+    assert board.out.count("dynreg: mqtt: connection lost") == 1 and "mqtt: online again" in board.out, board.out
+    assert board.out.count("[sim] boot") == 2 and not board.backoffs(), board.out
+    assert board.out.count("sent, acknowledged") == 3, board.out  # the report cut off was sent again and acked
     assert_consistent(board, platform, device_key(settings))
     case["passed"] = True
 
@@ -519,6 +531,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
 
     from tools.cloud.protco import ProtcoPlatform
     from tools.cloud.registry import DeviceStore, load_registry
+    from tools.cloud.state import SeenOnce
     from tools.cloud.tencent import TencentPlatform
     from tools.cloud.ucloud import UCloudPlatform
 
@@ -533,7 +546,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
     monkeypatch.setattr(hmac, "compare_digest", spy)
     reg = load_registry(REPO / "tools" / "cloud" / "registry.json").products
     store = DeviceStore(str(tmp_path / "devices.json"))
-    tencent = TencentPlatform(reg["tencent"], store, None, 300)
+    tencent = TencentPlatform(reg["tencent"], store, None, 300, SeenOnce(str(tmp_path / "seen-tencent.json"), 600))
     ts = int(time.time())
 
     def post(path, headers, body):
@@ -542,7 +555,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
 
     def session(client_id, username, password):
         return SimpleNamespace(client_id=client_id, username=username, password=password, attributes={},
-                               ssl_object=None)
+                               ssl_object=None, keep_alive=60, will_flag=False)
 
     wrong = "WrongCredential0123456789abcdef"
     checks = {
@@ -554,7 +567,7 @@ def test_emulator_compares_in_constant_time(tmp_path, monkeypatch):
             "signature": wrong}))[1]["code"],
         "ucloud registration login": lambda: UCloudPlatform(reg["ucloud"], store).mqtt_authenticate(
             session("simucloudkey0001.ct-dev1", "simucloudkey0001|ct-dev1|2", wrong)),
-        "protco registration login": lambda: ProtcoPlatform(reg["protco"], store, 300).mqtt_authenticate(
+        "protco registration login": lambda: ProtcoPlatform(reg["protco"], store, 300, SeenOnce(str(tmp_path / "seen-protco.json"), 600)).mqtt_authenticate(
             session("register_simprotcokey01_ct1", "simprotcokey01|signMethod=hmacSha256,ts=%d" % ts, wrong)),
     }
     for what, check in checks.items():

@@ -101,6 +101,9 @@ class Stream:
     def close(self):
         self.closed = True
 
+    def setblocking(self, flag):  # the data is all there: blocking or not reads the same
+        pass
+
 
 class Store:
     def __init__(self, values):
@@ -121,6 +124,10 @@ class Store:
         v = self.values[key]
         return v.decode() if isinstance(v, bytes) else v
 
+    def secret(self, key):  # bytes, as dynreg.store.Store.secret
+        v = self.values[key]
+        return v.encode() if isinstance(v, str) else v
+
 
 class FakeOs:  # request ids from os.urandom, fixed so that generated replies can carry them
     @staticmethod
@@ -138,10 +145,10 @@ class Client:
 
 class Dev:
     def __init__(self, msg):
-        self.pid, self.ident, self.properties, self.on_message = "pid1", "uuid1", {}, None
+        self.product, self.ident, self.properties, self.on_message = "pid1", "uuid1", {}, None
         self.client, self.msg = Client(), msg
 
-    def publish(self, topic, msg):
+    def publish(self, topic, msg, qos=0):
         json.loads(msg)  # what the device answers must itself be JSON
         self.client.publish(topic, msg)
 
@@ -163,7 +170,7 @@ def _register(platform, s):
     mod = {"tencent": tencent_reg, "ucloud": ucloud_reg, "protco": protco_reg}[platform]
     if platform == "tencent":
         return _patched(net, "open_socket", lambda *a, **k: s, lambda: mod.register(Store(values), "dev1", None))
-    return _patched(mqtt, "login", lambda *a, **k: (s, "localhost", 1883), lambda: _patched(
+    return _patched(mqtt, "login", lambda *a, **k: s, lambda: _patched(
         mqttreg, "os", FakeOs, lambda: mod.register(Store(values), "dev1", None)))
 
 

@@ -332,7 +332,7 @@ def test_capacity_matches_the_generator(tmp_path):
 
 
 def test_sim_factory_image_is_the_generators(tmp_path):
-    values = {"platform": b"tencent", "reg_port": 8443, "ca": bytes(range(256)) * 20}
+    values = {"platform": b"tencent", "reg_port": 8443, "app_blob": bytes(range(256)) * 20}  # two chunks
     image = sim.factory_image(values)
     items = {k: ("i32", v) if isinstance(v, int) else ("blob", v) for k, v in values.items()}
     assert image == nvsformat.build({"dynreg": items}, 0x6000)

@@ -630,7 +630,8 @@ def test_runner_rejects_long_key_before_booting(tmp_path):
     settings = write_settings(tmp_path, {"platform": "tencent", "registration_host": "x"})
     result = run_sim("--settings", settings, "--firmware", firmware, "--state", tmp_path / "s")
     assert result.returncode == 2
-    assert result.stdout == "[sim] error: settings key 'registration_host' is 17 bytes; NVS keys are at most 15\n"
+    assert result.stdout == "[sim] error: settings %s: key 'registration_host' is 17 bytes; NVS keys are at most 15\n" \
+        % settings
     assert not (tmp_path / "s" / "nvs.bin").exists()
 
 
@@ -758,7 +759,7 @@ def test_settings_helpers(tmp_path):
         sim.pem_to_der(b"no pem here", "x.pem")
     with pytest.raises(sim.SetupError, match="i32"):
         sim.read_settings(write_settings(tmp_path, {"reg_port": 2**31}))
-    with pytest.raises(sim.SetupError, match="string, an int"):
+    with pytest.raises(sim.SetupError, match="tls must be an integer"):
         sim.read_settings(write_settings(tmp_path, {"tls": True}))
     big = {"k%d" % i: "x" * 4000 for i in range(6)}
     with pytest.raises(sim.SetupError, match="NOT_ENOUGH_SPACE"):

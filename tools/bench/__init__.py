@@ -22,18 +22,21 @@ state in OUT/cloud), and prints one table, also written as JSON (OUT/bench.json)
    as it arrives: from "[sim] boot 1" (the runner starts the interpreter) to "report 1 sent",
    through registration, reset and login; and from "[sim] boot 2" (the login boot). The boards
    run with the network already up (no wifi_ssid), as the SDK on a PC. In the same run, the
-   official Tencent SDK for Python (tencent-iot-device 1.0.0, which the bench installs into this
-   venv with --no-deps when it is missing: it pins pycrypto, which no longer builds) registers,
+   official Tencent SDK for Python (tencent-iot-device, requirements-nodeps.txt: make setup installs
+   it with --no-deps, as the bench does when it is missing; it pins pycrypto, which no longer builds) registers,
    logs in and publishes on CPython against the same emulator, timed from its process start.
    Its hosts (ap-guangzhou.gateway.tencentdevices.com, <pid>.iotcloud.tencentdevices.com, ports
    443/8883) are mapped to the emulator by patching socket.getaddrinfo in the harness process;
    the emulator's certificate names them. See sdk.sdk_harness() for what else the harness adapts.
 5. Fleet: --fleet devices (CPython threads in one process, each running the firmware's own
    dynreg.tencent_reg.register() over the board's shims) register at once against a fresh emulator
-   after a simulated power cut, without and with start-up jitter (the firmware's jitter_ms: a
-   random wait of 0..jitter_ms before the first attempt; --jitter-ms, default 30 s), retrying
-   with dynreg.flow.backoff_ms and the firmware's defaults (2 s base, 300 s cap) until
-   --fleet-deadline seconds after power-on.
+   after a simulated power cut, without and with start-up jitter (the firmware's jitter_ms setting and
+   dynreg.flow.jitter_ms(): a random wait of 0..jitter_ms before the first attempt; --jitter-ms,
+   default 30 s), retrying with dynreg.flow.backoff_ms() and the firmware's defaults (2 s base,
+   300 s cap) until --fleet-deadline seconds after power-on.
+6. Reconnect in place (tools/bench/reconnect.py): a registered Tencent board's connection dropped 100
+   times (--quick: 10) by a proxy; the time to "online again" in the same process against a reboot
+   and login of the same board, and the heap in use after the first and the last reconnect.
 
     .venv/bin/python -m tools.bench [--quick] [--out DIR] [--runs N] [--fleet N] [--jitter-ms MS]
         [--platforms tencent,ucloud,protco] [--no-sdk] [--no-fleet]

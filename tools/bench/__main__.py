@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.bench import fleet, flashsize, images, ram, report, sdk, timing  # noqa: E402
+from tools.bench import fleet, flashsize, images, ram, reconnect, report, sdk, timing  # noqa: E402
 from tools.bench.common import PRODUCTS, say, start_emulator  # noqa: E402
 
 
@@ -66,7 +66,8 @@ def main(argv=None):
     try:
         steps = [("flash", lambda: flashsize.flash(out, emu, args.platforms, sizes)),
                  ("ram", lambda: ram.ram(out, emu, args.platforms, args.step, 0 if args.quick else 2)),
-                 ("time", lambda: timing.timing(out, emu, args.platforms, args.runs, not args.no_sdk and not sdk_missing))]
+                 ("time", lambda: timing.timing(out, emu, args.platforms, args.runs, not args.no_sdk and not sdk_missing)),
+                 ("reconnect", lambda: reconnect.reconnects(out, emu, 10 if args.quick else 100))]
         for key, step in steps:
             say("measuring %s" % key)
             try:

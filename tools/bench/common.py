@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tools.cloud import proc
 from tools.platforms import PLATFORMS
+from tools.cloud.state import read_console_password
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
@@ -75,11 +76,12 @@ def start_emulator(state, cert_names=()):
 
 
 def device_settings(emu, platform, name, wifi=True):
-    """Factory NVS of a board of `platform` pointed at the emulator over TLS; one attempt only."""
+    """Factory NVS of a board of `platform` pointed at the emulator over TLS; one attempt only, and main.py
+    returns after its first report."""
     pid = PRODUCTS[platform]
     s = {"platform": platform, "prod_id": pid, "prod_secret": emu.secret(platform, pid), "dev_name": name,
          "mqtt_host": "localhost", "mqtt_port": emu.ports["mqtts"], "ca": {"file": "@cloud/ca.pem"},
-         "max_tries": 1, "retry_ms": 100}
+         "max_tries": 1, "retry_ms": 100, "report_count": 1}
     if platform == "tencent":
         s.update(reg_host="localhost", reg_port=emu.ports["https"])
     if wifi:
@@ -87,9 +89,8 @@ def device_settings(emu, platform, name, wifi=True):
     return s
 
 def floor_settings(emu, name):
-    console = emu.registry["console"]
     return dict(WIFI, dev_name=name, mqtt_host="localhost", mqtt_port=emu.ports["mqtts"], ca={"file": "@cloud/ca.pem"},
-                floor_user=console["username"], floor_pass=console["password"])
+                **{"floor_user:blob": emu.registry["console"]["username"], "floor_pass:blob": read_console_password(emu.state)})  # bench's own keys
 
 
 # -- running things and timing their output --------------------------------------------------------
@@ -154,7 +155,8 @@ def run_board(out, emu, settings, firmware, heapsize=None, timeout=120):
     path = state / "settings.json"
     path.write_text(json.dumps(settings))
     nvs = state / "bench-nvs.json"
-    nvs.write_text(json.dumps({"dynreg": {key: bench_nvs_value(value, emu) for key, value in settings.items()}}))
+    nvs.write_text(json.dumps({"dynreg": {key.partition(":")[0]: bench_nvs_value(value, emu)  # "name:type" -> name
+                                          for key, value in settings.items()}}))
     cmd = [sys.executable, "-m", "tools.sim", "--settings", str(path), "--firmware", str(firmware),
            "--state", str(state), "--fresh", "--cloud-state", str(emu.state), "--max-boots", "3",
            "--boot-timeout", "30"]

@@ -74,7 +74,11 @@ def fleet_summary(raw):
     }
 
 class _DictStore:
-    """dynreg.store.Store's reading API over a dict (one per simulated device)."""
+    """dynreg.store.Store's reading API over a dict (one per simulated device).
+
+    Not the real Store: the board's esp32.NVS is one partition per process, and the fleet runs all its
+    devices in one process. (host_tests/test_fuzz_parsers.py has a look-alike for the same reason.)
+    """
 
     def __init__(self, values):
         self.values = values

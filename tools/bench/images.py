@@ -4,7 +4,8 @@ programs/ (real MicroPython files; host_tests/test_bench_quick.py compiles each 
 - esp32.py: the NVS shim every image uses in place of the board's (see SHIMS below);
 - probe_main.py: main.py of OUT/probe, printing the modules each boot imports;
 - floor_main.py: main.py of OUT/floor, the bare-MQTT floor any device pays;
-- idle_main.py: main.py of OUT/idle, the interpreter and the ROM script alone.
+- idle_main.py: main.py of OUT/idle, the interpreter and the ROM script alone;
+- reconnect_main.py: main.py of OUT/reconnect, a board that stays online while the bench drops it.
 """
 import shutil
 from pathlib import Path
@@ -29,7 +30,8 @@ import sys
 sys.path.insert(0, %r)  # bench: the board's shims, precompiled
 del sys
 '''
-MAINS = {"probe": "probe_main.py", "floor": "floor_main.py", "idle": "idle_main.py"}
+MAINS = {"probe": "probe_main.py", "floor": "floor_main.py", "idle": "idle_main.py",
+         "reconnect": "reconnect_main.py"}
 
 
 def build(out):
@@ -62,7 +64,7 @@ def build(out):
         d.mkdir(parents=True)
         if name != "idle":
             shutil.copytree(fw / "umqtt", d / "umqtt")
-        if name == "probe":
+        if name in ("probe", "reconnect"):
             shutil.copytree(fw / "lib", d / "lib")
         (d / "boot.py").write_text(boot)
         shutil.copy(PROGRAMS / main, d / "main.py")

@@ -8,6 +8,8 @@ from tools.bench.common import venv_tool
 from tools.bench.flashsize import FLASH_TARGET
 from tools.bench.ram import RAM_TARGET
 
+RECONNECT_TARGET = 0.3  # reconnect in place within this factor of a reboot + login
+
 
 def machine_info():
     cpu = "unknown CPU"
@@ -44,6 +46,11 @@ def evaluate(r):
         t["flash"] = {"target": "each platform's dynreg import set (per boot) < %d bytes of .mpy" % FLASH_TARGET,
                       "met": worst[2] < FLASH_TARGET, "worst": "%s %s boot" % worst[:2], "worst_bytes": worst[2],
                       "worst_both_boots": max(e["all"]["dynreg_bytes"] for e in r["flash"]["platforms"].values())}
+    if "reconnect" in r:
+        rc = r["reconnect"]
+        t["reconnect"] = {"target": "reconnect in place <= %.1fx a reboot + login; heap growth 0" % RECONNECT_TARGET,
+                          "met": rc["ratio"] <= RECONNECT_TARGET and rc["heap_growth"] <= 0,
+                          "ratio": rc["ratio"], "heap_growth": rc["heap_growth"]}
     if "round_trips" in r:
         t["round_trips"] = {"target": "registration at the minimum round trips",
                             "met": all(v["met"] for v in r["round_trips"].values())}
@@ -102,6 +109,18 @@ def table(r):
         row("Time: login boot: start / TLS + CONNECT / login → publish, ms",
             lambda p: "%.0f / %.0f / %.0f" % (tp[p]["startup_median_ms"], tp[p]["connect_median_ms"],
                                               tp[p]["after_login_median_ms"]))
+    if "reconnect" in r:
+        rc = r["reconnect"]
+        rows.append(["Reconnect in place (%s, broker drops the connection → online again), ms, median of %d"
+                     % (rc["platform"], rc["drops"])] + ["%.0f (max %.0f)" % (rc["reconnect_median_ms"],
+                                                        rc["reconnect_max_ms"]) if p == rc["platform"] else ""
+                                                        for p in plats]
+                    + ["reboot + login: %.0f ms; ratio %.2f×" % (rc["reboot_login_median_ms"], rc["ratio"]),
+                       "≤ %.1f×: %s" % (RECONNECT_TARGET, yes(rc["ratio"] <= RECONNECT_TARGET))])
+        rows.append(["Heap in use after reconnect %d − after reconnect 1 (MicroPython)" % rc["drops"]]
+                    + ["%+d B" % rc["heap_growth"] if p == rc["platform"] else "" for p in plats]
+                    + ["%d B → %d B" % (rc["heap_after_first"], rc["heap_after_last"]),
+                       "0: %s" % yes(rc["heap_growth"] <= 0)])
     if "fleet" in r:
         fl = r["fleet"]
         for label, s in fl["scenarios"].items():

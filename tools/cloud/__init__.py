@@ -5,9 +5,12 @@ Run it in the foreground from the repository root:
     .venv/bin/python -m tools.cloud [--state build/cloud] [--registry tools/cloud/registry.json]
         [--host 127.0.0.1] [--http-port 8080] [--https-port 8443] [--mqtt-port 1883]
         [--mqtts-port 8883] [--ts-window 600] [--probe-delay-ms 0] [--cert-name NAME ...]
+        [--connect-timeout 10] [--console-password PW] [--console-over-tcp]
 
-One MQTT 3.1.1 broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is
-recognised by the shape of its username. Three platforms are emulated:
+One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
+the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
+connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
+closes the older connection of its client id (MQTT-3.1.4-2). Three platforms are emulated:
 
 Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
@@ -29,6 +32,7 @@ UCloud (section 2): registration over MQTT
   understood (not JSON, no RequestID).
 - device login: UserName "<psn>|<dsn>|1", Password = the device secret; topics under
   /<psn>/<dsn>/ (publish .../upload, subscribe .../set).
+- both logins: keepalive 30-1200 s and no will, else CONNACK 5.
 
 Protco rlink v2 (section 3): signed registration over MQTT
 - both logins: Username "<who>|signMethod=<hmacSha256|hmacSha1>,ts=<ts>" (method in any case),
@@ -48,10 +52,13 @@ Protco rlink v2 (section 3): signed registration over MQTT
   property_report of a session the emulator sends {"id", "ts", "code": "ping", "data": {}} and
   {"id", "ts", "code": "property_set", "data": {"properties": {"led": 1}}} on .../issue and
   counts the answers on .../issue_response ("commands_answered").
+- a registration signature (pid, ts, password) belongs to the first unique id registered with it
+  (it does not sign the unique id): another unique id with it is refused, CONNACK 5 (res 1002 for
+  a session that logged in before).
 
 Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
-remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window; the same
-again is refused with AuthFailure.SignatureFailure, Message "nonce already used within the timestamp
+remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window, across
+restarts (seen-tencent.json); the same again is refused with AuthFailure.SignatureFailure, Message "nonce already used within the timestamp
 window (replayed request)" (legacy API: code 1003). Older requests fail the window check anyway.
 
 All platforms: a device may register again (new credentials replace the old ones; Protco keeps
@@ -77,10 +84,11 @@ Registry file (JSON; keys starting with "_" are comments, at any level):
      "protco": {"<pid>": {"secret": "...", "dynreg": true,
         "probe_commands": true,  # ping + property_set after the first property_report
         "res": ..., "reply": "normal"}},                         # test knobs, see below
-     "console": {"username": "...", "password": "..."}}
+     "console": {"username": "..."}}      # its password: console.password in the state directory
 
 UCloud and Protco product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
-subscribe and publish anything ("$" topics included) to watch devices or command them.
+subscribe and publish anything ("$" topics included) to watch devices or command them; from
+another machine over TLS only, unless --console-over-tcp.
 
 Test knobs (for device tests; a real cloud has none of them):
   "retcode" (UCloud) / "res" (Protco): every request is answered with this code instead of being
@@ -103,13 +111,21 @@ State directory (kept across restarts; delete it to start afresh):
                             read again at the next access; a deleted device's logins are refused
                             (CONNACK 5) and it may register again.
   ports.json                {"http", "https", "mqtt", "mqtts", "ca"}: written when ready, removed on exit
+  console.password          the console login's password (0600): --console-password or
+                            $DYNREG_CONSOLE_PASSWORD, else the one kept here, else a new one, shown
+                            once when stdout is a terminal and never logged
+  seen-tencent.json,        registration signatures already used (SHA-256 digests, 0600), kept for
+  seen-protco.json          twice --ts-window, so that a replay is refused after a restart too
 
-For a real board on the LAN: --host 0.0.0.0 --cert-name <this PC's LAN IP>, and give the board
+For a real board on the LAN: `make hil` (tools/hil) does it all; by hand, --host <this PC's LAN IP>
+--cert-name <that IP>, and give the board
 that IP as registration and MQTT host. Log lines on stdout start with "cloud: " and never carry
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
 by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
-platform's rules), registry.py (products, device state), certs.py (test PKI), http.py
-(HTTP/HTTPS servers), broker.py (amqtt subclass and plugins), __main__.py (command line).
+platform's rules), registry.py (products, device state), state.py (console password, used
+signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
+plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),
+proc.py (running it as a child process: tests, bench, sim runner, make hil).
 """

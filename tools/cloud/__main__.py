@@ -14,10 +14,12 @@ from .certs import Pki
 from .http import start_servers
 from ..platforms import PLATFORMS
 from .platform import ConsolePlatform, log
-from .registry import DeviceStore, load_registry
+from .registry import Console, DeviceStore, load_registry
+from .state import CONSOLE_FILE, console_password
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+CONSOLE_ENV = "DYNREG_CONSOLE_PASSWORD"
 
 
 def parse_args(argv=None):
@@ -38,6 +40,13 @@ def parse_args(argv=None):
                         "round-trip count is exact: a pipelined PUBLISH arrives well within it (0 = off)")
     p.add_argument("--cert-name", action="append", default=[],
                    help="extra name or IP in the server certificate (repeatable), e.g. this PC's LAN IP")
+    p.add_argument("--connect-timeout", type=float, default=10,
+                   help="close an MQTT connection whose TLS handshake or CONNECT takes longer (seconds)")
+    p.add_argument("--console-password", default=os.environ.get(CONSOLE_ENV),
+                   help=f"the console login's password (default: ${CONSOLE_ENV}, else the state directory's "
+                        f"{CONSOLE_FILE}, else a new one, written there 0600)")
+    p.add_argument("--console-over-tcp", action="store_true",
+                   help="let other machines log in to the console over plain TCP (default: TLS port only)")
     return p.parse_args(argv)
 
 
@@ -51,7 +60,7 @@ def _write_json(path, obj):
 async def _serve(args, platforms, pki, servers, ports_file):
     broker = CloudBroker(broker_config(args.host, args.mqtt_port, args.mqtts_port,
                                        pki.server_pem, pki.server_key, pki.ca_pem), platforms,
-                         probe_delay=args.probe_delay_ms / 1000)
+                         probe_delay=args.probe_delay_ms / 1000, connect_timeout=args.connect_timeout)
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,6 +75,19 @@ async def _serve(args, platforms, pki, servers, ports_file):
     await stop.wait()
     log("stopping")
     await broker.shutdown()
+
+
+def _console(registry, state, given):
+    """The console login (registry.Console) or None. A new password is shown once, on a terminal only."""
+    if not registry.console:
+        return None
+    password, generated = console_password(state, given)
+    where = os.path.join(state, CONSOLE_FILE)
+    if generated and sys.stdout.isatty():
+        print(f"console login {registry.console!r}, password {password} (shown once; kept in {where})", flush=True)
+    else:
+        log(f"console login {registry.console!r}: its password is in {where}")
+    return Console(registry.console, password)
 
 
 def main(argv=None):
@@ -90,15 +112,14 @@ def main(argv=None):
     store = DeviceStore(os.path.join(state, "devices.json"))
     products = registry.products
     # one module per platform, tools/cloud/<platform>.py, each with emulate() (the firmware's list)
-    platforms = [ConsolePlatform(registry.console)] + [
+    platforms = [ConsolePlatform(_console(registry, state, args.console_password), args.console_over_tcp)] + [
         importlib.import_module(__package__ + "." + name).emulate(products.get(name, {}), store, pki, args)
         for name in PLATFORMS]
     routes = {}
     for platform in platforms:
         routes.update(platform.http_routes())
     summary = ", ".join(f"{name} {len(found)} products" for name, found in products.items())
-    console = f"; console login {registry.console.username!r}" if registry.console else ""
-    log(f"registry {args.registry}: {summary}{console}")
+    log(f"registry {args.registry}: {summary}")
     servers = start_servers(args.host, args.http_port, args.https_port, routes, pki.server_pem, pki.server_key)
     try:
         asyncio.run(_serve(args, platforms, pki, servers, ports_file))

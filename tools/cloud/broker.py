@@ -9,11 +9,15 @@ connection's round trips for the registration log lines.
 
 import asyncio
 import ssl
+from functools import partial
 
+from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
 from amqtt.broker import Broker
+from amqtt.contexts import ListenerType
 from amqtt.mqtt.packet import DISCONNECT, PUBACK, PUBCOMP
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 
+from .connect import Replayed, as_mqtt311, client_id, read_connect
 from .platform import ATTRIBUTES, DEVICE, ROUND_TRIPS, RoundTrips, log, shown
 
 PLATFORM = ATTRIBUTES + "platform"
@@ -41,6 +45,7 @@ class AuthPlugin(BaseAuthPlugin):
             if verdict is not None:
                 if verdict:
                     session.attributes[PLATFORM] = platform.name
+                    broker.close_older(session)
                 return verdict
         log(f"mqtt login {shown(session.client_id)} refused: no platform recognises the username")
         return False
@@ -104,12 +109,18 @@ class CloudBroker(Broker):
 
     probe_delay (seconds) holds back the SUBACK of a registration reply topic, so that a client
     that pipelines its request behind the SUBSCRIBE is told apart from one that waits.
+    connect_timeout (seconds) bounds the TLS handshake and, after it, the arrival of the CONNECT.
+    The broker reads the CONNECT itself (connect.py: MQTT 3.1 is accepted as 3.1.1) and keeps the
+    open connections by client id: a login closes the older connection of its client id, as the
+    clouds do and MQTT 3.1.1 requires (MQTT-3.1.4-2; amqtt forgets the older one but leaves it open).
     """
 
-    def __init__(self, config, platforms, probe_delay=0.0):
+    def __init__(self, config, platforms, probe_delay=0.0, connect_timeout=10.0):
         # set before Broker.__init__: it instantiates the plugins, which look platforms up later
         self.platforms = {p.name: p for p in platforms}
         self.probe_delay = probe_delay
+        self.connect_timeout = connect_timeout
+        self._open = {}  # client id -> {(address, port) of the peer: asyncio.StreamWriter}
         super().__init__(config)
         self._subscriptions = _SnapshotDict(self._subscriptions)
 
@@ -138,12 +149,54 @@ class CloudBroker(Broker):
             await asyncio.sleep(self.probe_delay)
         return await super()._handle_subscription(session, handler, subscribe_waiter)
 
+    async def _create_server_instance(self, listener_name, listener_type, address, port, ssl_context):
+        if listener_type != ListenerType.TCP:
+            return await super()._create_server_instance(listener_name, listener_type, address, port, ssl_context)
+        # as amqtt starts a TCP listener, with the handshake bounded (asyncio's default waits 60 s)
+        return await asyncio.start_server(partial(self.stream_connected, listener_name=listener_name), address,
+                                          port, reuse_address=True, ssl=ssl_context,
+                                          ssl_handshake_timeout=self.connect_timeout if ssl_context else None)
+
     async def stream_connected(self, reader, writer, listener_name):
+        peer = tuple(writer.get_extra_info("peername")[:2])
+        why = None
         try:
-            await super().stream_connected(reader, writer, listener_name)
+            body = await asyncio.wait_for(read_connect(reader), self.connect_timeout)
+        except asyncio.TimeoutError:
+            why = f"no CONNECT within {self.connect_timeout:g} s"
+        except ValueError as e:
+            why = shown(e)
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+            why = f"{type(e).__name__} before the CONNECT"
+        if why:
+            log(f"mqtt connection from {shown(peer[0])} on {listener_name} closed: {why}")
+            writer.close()
+            return
+        cid = client_id(body)
+        self._open.setdefault(cid, {})[peer] = writer
+        try:
+            await self._client_connected(listener_name, Replayed(as_mqtt311(body), StreamReaderAdapter(reader)),
+                                         StreamWriterAdapter(writer))
         except (ConnectionError, ssl.SSLError) as e:
             # amqtt lets a client's reset escape while it closes a refused connection
             log(f"mqtt connection on {listener_name} ended: {type(e).__name__}")
+        finally:
+            same_id = self._open.get(cid, {})
+            same_id.pop(peer, None)
+            if not same_id:
+                self._open.pop(cid, None)
+
+    def close_older(self, session):
+        """Close the other open connections whose CONNECT named the client id of this new login.
+
+        Only for a clean session: amqtt takes a kept session over itself, closing its old connection."""
+        if not session.clean_session:
+            return
+        me = (session.remote_address, session.remote_port)
+        for peer, writer in list(self._open.get(session.client_id, {}).items()):
+            if peer != me:
+                log(f"mqtt {shown(session.client_id)} logged in again: older connection closed")
+                writer.close()
 
     def bound_port(self, listener):
         """The TCP port a listener actually got (useful with port 0)."""

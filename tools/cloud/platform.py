@@ -8,6 +8,7 @@ ConsolePlatform is the registry's "console" login, which may use any topic.
 """
 
 import hmac
+import ipaddress
 import json
 import threading
 from dataclasses import dataclass
@@ -125,16 +126,25 @@ class Platform:
 
 
 class ConsolePlatform(Platform):
-    """The registry's "console" login: any topic, "$" ones included, to watch devices or command them."""
+    """The registry's "console" login: any topic, "$" ones included, to watch devices or command them.
+
+    Over plain TCP it is refused from anywhere but this machine unless plain_tcp is set: whoever
+    sees its password on the LAN could command every device.
+    """
 
     name = "console"
 
-    def __init__(self, console):
+    def __init__(self, console, plain_tcp=False):
         self.console = console  # registry.Console or None
+        self.plain_tcp = plain_tcp
 
     def mqtt_authenticate(self, session):
         if self.console is None or session.username != self.console.username:
             return None
+        if session.ssl_object is None and not self.plain_tcp and not _loopback(session.remote_address):
+            log(f"mqtt console login {shown(session.client_id)} from {shown(session.remote_address)} refused: "
+                "plain TCP from another machine (use the TLS port, or --console-over-tcp)")
+            return False
         if not same(session.password or "", self.console.password):
             log(f"mqtt console login {shown(session.client_id)} refused: wrong password")
             return False
@@ -146,6 +156,15 @@ class ConsolePlatform(Platform):
         return True
 
 
+def _loopback(address):
+    """Is the peer address this machine (127.0.0.0/8, ::1, or IPv4 loopback mapped into IPv6)?"""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
 @dataclass(frozen=True)
 class Registration:
     """A registration session: the product it proved, the device record it is about, its two topics."""
@@ -154,6 +173,7 @@ class Registration:
     key: str          # record key in the device store
     request_topic: str
     reply_topic: str
+    proof: tuple = () # what the login signed, when the platform refuses its reuse (Protco)
 
 
 class RegistrationRefused(Exception):

@@ -14,6 +14,12 @@ Refusals (res, Protco's codes): 1003 not a JSON object, 1002 no id / code not "r
 replacePid without the right secret / bad field, 1005 replacePid unknown, 1006 dynamic
 registration off, 17032 already activated. Before activation a new request for the same
 <pid>/<unique> keeps the uuid and issues a new secret.
+Reuse: a registration password signs only "uuid=<pid>,ts=<ts>", not the unique id, so the
+emulator binds each (pid, ts, password) to the first unique id registered with it, for twice
+--ts-window and across restarts (state dir seen-protco.json); that signature is then refused for
+any other unique id: CONNACK 5, or res 1002 for a session that logged in before. The device's own
+retry with the same signature still works. The cost: two devices of one product registering in
+the same second collide, and the later one registers at its next attempt.
 Device login: ClientId "rlink_<uuid>_V2", who = uuid, key = the device secret; the first one
 activates the device. Topics: publish rlink/v2/<pid>/<uuid>/report and .../issue_response,
 subscribe .../issue and .../report_response. A report with "ack": 1 gets a report_response.
@@ -30,11 +36,13 @@ import time
 
 from .platform import (ATTRIBUTES, DEVICE, RECORD, MqttRegistration, Refused, Registration,
                        RegistrationRefused, compact, json_object, log, same, shown)
+from .state import seen_signatures
 
 HASHES = {"hmacsha256": hashlib.sha256, "hmacsha1": hashlib.sha1}
 USERNAME = re.compile(r"([^|]+)\|signMethod=([^,]*),ts=(\d{1,12})")
 UNIQUE = re.compile(r"[A-Za-z0-9\-.:@]{1,64}")
 INVALID, FORMAT, NO_PRODUCT, NOT_ACTIVATED, BOUND = 1002, 1003, 1005, 1006, 17032
+REUSED = "registration signature already used for another device id (replayed CONNECT)"
 COMMANDS = ATTRIBUTES + "protco_commands"  # session attribute: {command id: code} sent, not yet answered
 PROBED = ATTRIBUTES + "protco_probed"      # session attribute: the commands have been sent
 
@@ -45,11 +53,12 @@ def sign(key, who, ts, method="hmacSha256"):
 
 
 OPTIONS = {"secret", "dynreg", "probe_commands", "res", "reply"}  # a product's options in the registry
+ROUND_TRIPS = 2  # the fewest a registration takes: CONNECT, then SUBSCRIBE + PUBLISH
 
 
 def emulate(products, store, pki, args):
     """The platform as tools/cloud/__main__.py runs it (args: its command line)."""
-    return ProtcoPlatform(products, store, args.ts_window)
+    return ProtcoPlatform(products, store, args.ts_window, seen_signatures(args, "protco"))
 
 
 class ProtcoPlatform(MqttRegistration):
@@ -61,9 +70,10 @@ class ProtcoPlatform(MqttRegistration):
     format_error = FORMAT
     bad_request = INVALID
 
-    def __init__(self, products, store, ts_window):
+    def __init__(self, products, store, ts_window, seen):
         super().__init__(products, store)
         self.ts_window = ts_window
+        self.seen = seen  # state.SeenOnce of registration signatures (pid, ts, password) -> unique
 
     # -- logins ---------------------------------------------------------------------------
 
@@ -97,9 +107,12 @@ class ProtcoPlatform(MqttRegistration):
             if not UNIQUE.fullmatch(unique):
                 raise Refused("unique must be 1-64 characters of A-Z a-z 0-9 - . : @")
             verify(product.secret)
+            proof = (who, ts, (session.password or "").lower())
+            if self.seen.first(proof) not in (None, unique):
+                raise Refused(REUSED)
             base = f"register/v2/{who}/{unique}/register"
             return self.start_registration(session, Registration(product, f"{who}/{unique}", base,
-                                                                 base + "_response"))
+                                                                 base + "_response", proof))
         except Refused as e:
             registration = (session.client_id or "").startswith("register_")
             return self.refuse_login(session.client_id if registration else who, e, registration)
@@ -124,6 +137,11 @@ class ProtcoPlatform(MqttRegistration):
         record = record or {"registrations": 0, "logins": 0, "commands_answered": 0}
         if record.get("activated"):
             raise RegistrationRefused(BOUND, "device is bound")
+        # the signature covers pid and ts only, not the unique id: the first unique id registered with
+        # it owns it, so a captured CONNECT cannot register (or take) another device's id
+        unique = reg.key.split("/", 1)[1]
+        if self.seen.claim(reg.proof, unique) not in (None, unique):
+            raise RegistrationRefused(INVALID, REUSED)
         record.setdefault("uuid", "rn01" + secrets.token_hex(8))
         record.update(pid=pid, secret=secrets.token_hex(16), activated=False,
                       registrations=record["registrations"] + 1)

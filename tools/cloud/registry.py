@@ -1,9 +1,9 @@
 """Product registry (read from a JSON file) and device state (kept on disk).
 
-Registry file: {"<platform>": {"<ProductId>": {product options}}, "console": {"username": ..,
-"password": ..}}; platforms are those of tools/platforms.py, each with its own options (OPTIONS
-in its module tools/cloud/<platform>.py; the meaning of each is in tools/cloud/__init__.py). Keys
-starting with "_" are comments, at any level.
+Registry file: {"<platform>": {"<ProductId>": {product options}}, "console": {"username": ..}};
+platforms are those of tools/platforms.py, each with its own options (OPTIONS in its module
+tools/cloud/<platform>.py; the meaning of each is in tools/cloud/__init__.py). Keys starting with
+"_" are comments, at any level.
 
 Device state file: {"<platform>": {"<key>": {record}}}; a record holds what the platform issued
 ("psk", "cert_fp" or "secret"), "activated" and counters. Keys: "<ProductId>/<DeviceName>"
@@ -50,7 +50,7 @@ class Registry:
     """The registry file's content."""
 
     products: dict        # {platform: {pid: Product}}
-    console: Console = None
+    console: str = None   # the console login's username (its password is per state dir: state.py)
 
 
 def platform_options():
@@ -87,9 +87,12 @@ def load_registry(path):
 
 def _console(spec):
     fields = {k: v for k, v in spec.items() if not k.startswith("_")} if isinstance(spec, dict) else {}
-    if set(fields) != {"username", "password"} or not all(isinstance(v, str) and v for v in fields.values()):
-        raise ValueError("registry: console must be {\"username\": \"..\", \"password\": \"..\"}")
-    return Console(fields["username"], fields["password"])
+    if "password" in fields:
+        raise ValueError("registry: console takes no password: it is generated per state directory "
+                         "(console.password) or given with --console-password")
+    if set(fields) != {"username"} or not isinstance(fields["username"], str) or not fields["username"]:
+        raise ValueError("registry: console must be {\"username\": \"..\"}")
+    return fields["username"]
 
 
 def _product(platform, pid, spec, options):

@@ -8,7 +8,7 @@ subscribe /$system/<psn>/<dsn>/password_reply and publish /$system/<psn>/<dsn>/p
 A new request before activation issues a new secret. Refusals (our numbering, UCloud documents
 none): RetCode "1" device already activated, "2" request not understood; both carry "Message".
 Device login: UserName "<psn>|<dsn>|1", Password = the device secret; the first one activates
-the device. A device may use the topics under /<psn>/<dsn>/ (e.g. publish .../upload,
+the device. Both logins need a keepalive of 30-1200 s and no will (else CONNACK 5). A device may use the topics under /<psn>/<dsn>/ (e.g. publish .../upload,
 subscribe .../set).
 """
 
@@ -19,12 +19,14 @@ import string
 from .platform import DEVICE, MqttRegistration, Refused, Registration, RegistrationRefused, same
 
 DEVICE_SN = re.compile(r"[A-Za-z0-9\-_@:]{4,64}")
+KEEPALIVE = (30, 1200)  # seconds a CONNECT may ask for; UCloud supports no will either
 SECRET_CHARS = string.ascii_lowercase + string.digits  # like the docs' example zlc3d21u5k8fq0d2
 ACTIVATED = "1"
 BAD_REQUEST = "2"
 
 
 OPTIONS = {"secret", "dynreg", "whitelist", "retcode", "reply"}  # a product's options in the registry
+ROUND_TRIPS = 2  # the fewest a registration takes: CONNECT, then SUBSCRIBE + PUBLISH
 
 
 def emulate(products, store, pki, args):
@@ -54,6 +56,10 @@ class UCloudPlatform(MqttRegistration):
                 raise Refused("client id must be <ProductSN>.<DeviceSN>")
             if not DEVICE_SN.fullmatch(dsn):
                 raise Refused("DeviceSN must be 4-64 characters of A-Z a-z 0-9 - _ @ :")
+            if not KEEPALIVE[0] <= session.keep_alive <= KEEPALIVE[1]:
+                raise Refused(f"keepalive {session.keep_alive} s outside {KEEPALIVE[0]}-{KEEPALIVE[1]} s")
+            if session.will_flag:
+                raise Refused("UCloud takes no will message")
             key = f"{psn}/{dsn}"
             password = session.password or ""
             if mode == "1":

@@ -1,0 +1,1 @@
+"""Factory tools: the NVS schema, provisioning, flashing, board descriptions, the clouds' CAs."""

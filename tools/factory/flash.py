@@ -7,7 +7,8 @@ register again, so the device secret must survive: this tool saves the NVS
 region first and writes back what has to be kept.
 
     python tools/factory/flash.py flash --board B --port P [--partition ota] [--firmware FW.bin]
-        [--nvs FACTORY.bin] [--force] [--dry-run] [--backup FILE]
+        [--nvs FACTORY.bin] [--force] [--dry-run] [--backup FILE] [--baud 460800]
+        (`make flash` runs this)
         (a) esptool read-flash of the NVS region into build/nvs-backup/<port>.bin
         (b) the backup holds a dynreg device secret (dev_secret, dev_cert or
             dev_key that is not the null value)? warn and keep it: it is what
@@ -19,8 +20,8 @@ region first and writes back what has to be kept.
         the board's settings and identity. --dry-run prints the commands and the
         decision, taken on --backup if that file exists (else as for a blank board).
     python tools/factory/flash.py choose-nvs --backup B [--nvs FACTORY.bin] [--force] --out OUT [--board B]
-        step (b) alone (the Makefile runs the steps itself): copies the image
-        (d) must write to OUT and says why.
+        step (b) alone, on a backup already made: copies the image (d) would
+        write to OUT and says why.
     python tools/factory/flash.py nvs-write --board B --port P --image IMG [--force] [--dry-run]
         provision --flash: save the NVS region, then write IMG there unless
         the board holds a device secret (exit 1) or --force.
@@ -29,6 +30,7 @@ region first and writes back what has to be kept.
 
 A backup that holds an identity is also copied to keep/ beside it
 (build/nvs-backup/keep/, never overwritten), so a second run after a failed one cannot lose it.
+Backups and copies hold the board's secrets: they are created 0600 whatever the umask.
 Exit codes: 0 done; 1 refused (a device secret would be overwritten); 2 bad input.
 """
 import argparse
@@ -42,13 +44,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.factory import boards, nvsformat  # noqa: E402
-from tools.factory.provision import IDENTITY_KEYS, NAMESPACE, is_null  # noqa: E402
+from tools.factory import boards, nvsformat, private  # noqa: E402
+from tools.factory.nvs_schema import IDENTITY_KEYS, NAMESPACE, SECRET_KEYS, is_null  # noqa: E402
 
 BACKUP_DIR = REPO / "build" / "nvs-backup"
 DEPLOY_DIR = REPO / "build" / "deploy"
 BAUD = 460800
-SECRET_KEYS = ("prod_secret", "dev_secret", "dev_key", "wifi_pass", "replace_sec")
 
 
 class FlashError(Exception):
@@ -73,6 +74,21 @@ def identity(contents):
     return held, (name[1].decode(errors="replace") if name and name[0] == "blob" and name[1] else None)
 
 
+def damaged(contents):
+    """The identity marker (dev_id) of an NVS that lost its identity, else None: such a board was registered
+    and its secret is gone (flash damage); a factory image would make it register again."""
+    keys = contents.get(NAMESPACE, {})
+    marker = keys.get("dev_id")
+    if identity(contents)[0] or not marker or marker[0] != "blob" or not marker[1]:
+        return None
+    return marker[1].decode(errors="replace")
+
+
+DAMAGED = ("the board's NVS holds the marker of device %s but no device secret: damaged flash. Restore the "
+           "board's own backup (make nvs-restore FILE=build/nvs-backup/keep/...) instead of a factory image: "
+           "an activated device is refused when it registers again")
+
+
 def port_name(port):
     """A file name for a serial port: /dev/ttyUSB0 -> ttyUSB0, COM3 -> COM3."""
     return Path(port).name or "port"
@@ -90,8 +106,9 @@ def esptool(board, port, *args, reset=True, baud=BAUD):
     return command + list(args)
 
 
-def read_nvs_command(board, port, path):
-    return esptool(board, port, "read-flash", hex(board["nvs_offset"]), hex(board["nvs_size"]), str(path), reset=False)
+def read_nvs_command(board, port, path, baud=BAUD):
+    return esptool(board, port, "read-flash", hex(board["nvs_offset"]), hex(board["nvs_size"]), str(path), reset=False,
+                   baud=baud)
 
 
 def deploy_command(port, staged=DEPLOY_DIR):
@@ -153,7 +170,7 @@ def keep_copy(backup, name):
     while copy.exists():
         n += 1
         copy = keep / ("%s-%s-%d.bin" % (stem, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), n))
-    shutil.copyfile(backup, copy)
+    private.copy(backup, copy)
     return copy
 
 
@@ -186,6 +203,8 @@ def choose(backup, factory, force, archive=True):
             notes.append("         the factory image %s is NOT written (FORCE=1 / --force would overwrite the "
                          "device's identity; an activated device cannot register again)" % factory)
         return Path(backup), notes
+    if damaged(contents):
+        notes.append("WARNING: " + DAMAGED % damaged(contents))
     if factory:
         notes.append("no device secret on the board: writing the factory image %s" % factory)
         return Path(factory), notes
@@ -224,12 +243,9 @@ def cmd_flash(args):
     # (a) save the NVS region
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
-    run(read_nvs_command(board, args.port, backup), args.dry_run)
+        private.create(backup)  # esptool fills it and keeps the mode: the backup holds the board's secrets
+    run(read_nvs_command(board, args.port, backup, args.baud), args.dry_run)
     # (b) keep an identity unless forced
-    if args.dry_run:
-        show_command([sys.executable, "tools/factory/flash.py", "choose-nvs", "--board", args.board, "--partition",
-                      args.partition, "--backup", str(backup)] + (["--nvs", args.nvs] if args.nvs else [])
-                     + (["--force"] if args.force else []) + ["--out", str(chosen_out)])
     chosen, notes = choose(backup, args.nvs, args.force, archive=not args.dry_run)
     for note in notes:
         say(note)
@@ -237,14 +253,15 @@ def cmd_flash(args):
         print("# (d) will write %s" % chosen, flush=True)
     if not args.dry_run:
         check_image_size(board, chosen, "NVS image")
-        shutil.copyfile(chosen, chosen_out)
+        private.copy(chosen, chosen_out)
     # (c) firmware, (d) NVS, (e) files
     if args.firmware:
-        run(esptool(board, args.port, "write-flash", hex(board["firmware_offset"]), args.firmware, reset=False),
-            args.dry_run)
+        run(esptool(board, args.port, "write-flash", hex(board["firmware_offset"]), args.firmware, reset=False,
+                    baud=args.baud), args.dry_run)
     else:
         say("no firmware given: the board keeps its MicroPython")
-    run(esptool(board, args.port, "write-flash", hex(board["nvs_offset"]), str(chosen_out)), args.dry_run)
+    run(esptool(board, args.port, "write-flash", hex(board["nvs_offset"]), str(chosen_out), baud=args.baud),
+        args.dry_run)
     if not args.dry_run:
         stage_deploy()
     run(deploy_command(args.port), args.dry_run)
@@ -261,7 +278,7 @@ def cmd_choose(args):
     if board:
         check_image_size(board, chosen, "NVS image")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(chosen, args.out)
+    private.copy(chosen, args.out)
     return 0
 
 
@@ -273,6 +290,7 @@ def cmd_nvs_write(args):
     backup = Path(args.backup) if args.backup else backup_path(args.port)
     if not args.dry_run:
         backup.parent.mkdir(parents=True, exist_ok=True)
+        private.create(backup)
     run(read_nvs_command(board, args.port, backup), args.dry_run)
     if backup.exists():
         contents = {}
@@ -310,7 +328,7 @@ def cmd_show(args):
     for namespace, keys in contents.items():
         print("namespace %s" % namespace)
         for key, (kind, value) in keys.items():
-            if kind == "blob" and (key in SECRET_KEYS or key in IDENTITY_KEYS) and value:
+            if kind == "blob" and key in SECRET_KEYS and value:
                 shown = "<%d bytes, not shown>" % len(value)
             elif kind == "blob":
                 try:
@@ -322,8 +340,11 @@ def cmd_show(args):
                 shown = repr(value)
             print("  %-15s %-4s %s" % (key, kind, shown))
     held, name = identity(contents)
-    print("identity: %s" % (("/".join(held) + (" of device %r" % name if name else "")) if held
-                            else "none (the device registers at its next boot)"))
+    if damaged(contents):
+        print("identity: DAMAGED: " + DAMAGED % damaged(contents))
+    else:
+        print("identity: %s" % (("/".join(held) + (" of device %r" % name if name else "")) if held
+                                else "none (the device registers at its next boot)"))
     return 0
 
 
@@ -343,6 +364,7 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="write --nvs even over a device secret")
     p.add_argument("--backup", help="backup file (default build/nvs-backup/<port>.bin)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--baud", type=int, default=BAUD, help="serial speed of esptool (default %d)" % BAUD)
     p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("choose-nvs", help="step (b): which NVS image to write")

@@ -5,20 +5,20 @@
 
 The batch file
 --------------
-A CSV file whose header names NVS keys of the "dynreg" namespace (README,
-"NVS keys"): platform, prod_id, prod_secret, wifi_ssid, wifi_pass, reg_host,
+A CSV file whose header names NVS keys of the "dynreg" namespace
+(docs/nvs-keys.md): platform, prod_id, prod_secret, wifi_ssid, wifi_pass, reg_host,
 reg_port, mqtt_host, mqtt_port, ca, dev_name, tls, ... One row per board, or
 one row for the whole batch. An empty cell leaves the key unset; an empty
 (or missing) dev_name means "the device derives its name from its Wi-Fi MAC".
 Lines starting with "#" are comments.
 
-Cells are text, stored as UTF-8 blobs, except for
-- the keys dynreg reads as i32 (tls, reg_port, mqtt_port, login_ttl, retry_ms,
-  retry_max_ms, max_tries, forget_prod, jitter_ms, wifi_timeout_ms): decimal or 0x-hex integers;
-- ca: the path of the CA certificate file (PEM or DER; relative paths are
-  relative to the CSV file), stored as DER.
-Any other column is an NVS key too (text blob); "name:i32", "name:blob" and
-"name:file" headers set the type of such a column.
+Each column's type comes from the NVS schema (tools/factory/nvs_schema.py,
+docs/nvs-keys.md): text cells are stored as UTF-8 blobs, i32 keys take decimal
+or 0x-hex integers, binary keys (ca) the path of a file (PEM or DER; relative
+to the CSV file), stored as DER. A ca left empty is the platform's own CA
+(tools/factory/ca/<platform>.pem) when TLS is on and the hosts are the
+platform's. A column that is not a key dynreg reads is an error (a typo)
+unless its header declares it: "name:i32", "name:blob" or "name:file".
 
 Images
 ------
@@ -32,7 +32,9 @@ layout). --gen-csv also writes the generator's own CSV beside each image
 (blobs as "data,base64", never "string"): `python -m esp_idf_nvs_partition_gen
 generate X.csv X.bin <size>` re-creates the image byte for byte.
 
-Everything is checked before anything is written: key length (15 bytes),
+Everything is checked before anything is written, and an error names the
+row, column and key but never a cell's value (a shifted row puts a secret
+under any column): the cell count of each row, key length (15 bytes),
 types, required fields (platform, prod_id, prod_secret unless the row brings
 the device secret, ca unless tls=0), the platform, the CA certificate, blob
 sizes (the device reads blobs up to 4096 bytes) and the partition capacity,
@@ -48,6 +50,7 @@ simulated board's settings files too: str -> blob, int -> i32, bytes -> blob,
 {"file": path} -> the file, PEM as DER) to NVS entries; build_image(settings,
 size) returns the image bytes.
 
+Images and --gen-csv copies hold secrets: they are created 0600 whatever the umask.
 Exit codes: 0 done; 1 a board refused (flash); 2 bad input (nothing written).
 """
 import argparse
@@ -64,36 +67,35 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tools.platforms import PLATFORMS  # noqa: E402  the firmware's list (dynreg/flow.py)
+from tools.factory import nvs_schema as schema  # noqa: E402
+from tools.factory import private  # noqa: E402
+from tools.factory.nvs_schema import (BINARY, I32, IDENTITY_KEYS, NAMESPACE, PARTITION_SIZE,  # noqa: E402
+                                      PLATFORMS, SchemaError, is_null)
 
-NAMESPACE = "dynreg"
-MAX_KEY_BYTES = 15
-MAX_DEVICE_BLOB = 4096  # dynreg/store.py grows its read buffer up to 4096 bytes
-DEFAULT_NVS_SIZE = 0x6000
-# The keys dynreg reads (README "NVS keys") and their NVS types.
-I32_KEYS = ("tls", "reg_port", "mqtt_port", "login_ttl", "retry_ms", "retry_max_ms", "max_tries",
-            "forget_prod", "jitter_ms", "wifi_timeout_ms")
-BLOB_KEYS = ("platform", "wifi_ssid", "wifi_pass", "ca", "prod_id", "prod_secret", "dev_name", "dev_secret",
-             "dev_cert", "dev_key", "reg_host", "reg_api", "sign_method", "mqtt_host", "region", "barcode",
-             "replace_pid", "replace_sec", "dev_uuid", "dev_pid")
-KNOWN_KEYS = dict([(k, "i32") for k in I32_KEYS] + [(k, "blob") for k in BLOB_KEYS])
-FILE_COLUMNS = ("ca",)  # columns holding a file path by default
-# Values meaning "no device secret yet" (firmware/lib/dynreg/store.py NULL_SECRETS).
-NULL_SECRETS = (b"", b"YOUR_DEVICE_SECRET", b"YOUR_IOT_PSK", b"YOUR_DEVICE_CERT_FILE_NAME",
-                b"YOUR_DEVICE_PRIVATE_KEY_FILE_NAME")
-IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")
+CA_DIR = REPO / "tools" / "factory" / "ca"  # the clouds' public CAs, one <platform>.pem each
 # What each platform stores at registration, with generous sizes: the image must leave room for it.
 # A platform not named here stores a device secret only.
 REGISTRATION_RESERVE = {
-    "tencent": {"dev_secret": 64, "dev_cert": 2048, "dev_key": 2048},
-    "protco": {"dev_secret": 64, "dev_uuid": 64, "dev_pid": 64},
+    "tencent": {"dev_secret": 64, "dev_cert": 2048, "dev_key": 2048, "dev_id": 96},
+    "protco": {"dev_secret": 64, "dev_uuid": 64, "dev_pid": 64, "dev_id": 96},
 }
-DEFAULT_RESERVE = {"dev_secret": 64}
+DEFAULT_RESERVE = {"dev_secret": 64, "dev_id": 96}
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
+# Errors never show a value (a shifted row puts a secret under any column); a file name is shown only
+# when it looks like one of a certificate or key file.
+_SHOWN_FILE = re.compile(r"[\w.@+-]+\.(pem|der|crt|cer|key)", re.I)
 
 
 class ProvisionError(Exception):
-    """Bad settings or batch input, found before anything is written (message is safe to print)."""
+    """Bad settings or batch input, found before anything is written.
+
+    The message names the file, row, column and key; it never holds a value (safe to print).
+    """
+
+
+def _at(where, key, columns=None):
+    """Where a key sits: "lot7.csv row 2, column 9" for a batch file (columns: key -> number), else `where`."""
+    return "%s, column %d" % (where, columns[key]) if columns and key in columns else where
 
 
 # --------------------------------------------------------------------------- settings -> entries
@@ -112,24 +114,20 @@ def pem_to_der(data, name):
         raise ProvisionError("%s: bad base64 in PEM" % name) from None
 
 
+def file_label(path):
+    """How errors name a file: its path if its name looks like a certificate file, else not at all."""
+    return str(path) if _SHOWN_FILE.fullmatch(Path(path).name) else "the file it names"
+
+
 def file_bytes(path, key):
     """A file's bytes for NVS key `key` (PEM converted to DER)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ProvisionError("%s: cannot read %s: %s" % (key, path, exc.strerror)) from None
+        raise ProvisionError("%s: cannot read %s: %s" % (key, file_label(path), exc.strerror)) from None
     if data.lstrip().startswith(b"-----BEGIN"):
-        data = pem_to_der(data, path)
+        data = pem_to_der(data, "%s (%s)" % (key, file_label(path)))
     return data
-
-
-def check_key(key, what="NVS key"):
-    """Raise ProvisionError unless `key` is a usable NVS key (`what` names it in the message)."""
-    if not isinstance(key, str) or not key:
-        raise ProvisionError("%s %r: keys are non-empty strings" % (what, key))
-    size = len(key.encode())
-    if size > MAX_KEY_BYTES:
-        raise ProvisionError("%s %r is %d bytes; NVS keys are at most %d" % (what, key, size, MAX_KEY_BYTES))
 
 
 def resolve_file(spec, base_dir=None, cloud_state=None):
@@ -141,60 +139,97 @@ def resolve_file(spec, base_dir=None, cloud_state=None):
     return Path(base_dir or ".") / spec
 
 
-def settings_entries(settings, base_dir=None, cloud_state=None):
-    """{key: int | bytes}: the NVS entries for a flat settings dict.
+def platform_ca(settings):
+    """{"file": tools/factory/ca/<platform>.pem} when `ca` is left empty, TLS is on and every host the
+    device dials is the platform's own; else None (localhost, an emulator, a platform without a public CA)."""
+    platform = settings.get("platform")
+    if settings.get("ca") or settings.get("tls", 1) == 0 or platform not in PLATFORMS:
+        return None
+    path = CA_DIR / ("%s.pem" % platform)
+    hosts = [settings.get(k) or None for k in ("reg_host", "mqtt_host")]
+    if path.is_file() and all(isinstance(h, (str, type(None))) and schema.own_host(platform, h) for h in hosts):
+        return {"file": str(path)}
+    return None
 
-    str -> UTF-8 blob, int -> i32, bytes -> blob, {"file": path} -> the file's
-    bytes (PEM converted to DER; path relative to base_dir, "@cloud/x" in
-    cloud_state). Keys starting with "_" are comments and skipped.
+
+def _kind(key, value):
+    """The schema type of a key; a key dynreg does not read takes the type of its value (library use)."""
+    if key in schema.BY_NAME:
+        return schema.BY_NAME[key].kind
+    if isinstance(value, int) and not isinstance(value, bool):
+        return I32
+    return BINARY if isinstance(value, dict) else schema.TEXT
+
+
+def settings_entries(settings, base_dir=None, cloud_state=None, where="settings", columns=None):
+    """{key: int | bytes}: the NVS entries for a flat settings dict, each value checked by the schema.
+
+    str -> UTF-8 blob, int -> i32, bytes -> blob, {"file": path} -> the file's bytes (PEM converted
+    to DER; path relative to base_dir, "@cloud/x" in cloud_state). Keys starting with "_" are
+    comments and skipped; an empty binary value (ca "") is unset, and an unset ca is the platform's
+    own CA where platform_ca() says so. Errors name `where` (and the column, for a batch file).
     """
+    default_ca = platform_ca(settings)
+    if default_ca:
+        settings = dict(settings, ca=default_ca)
     entries = {}
     for key, value in settings.items():
         if isinstance(key, str) and key.startswith("_"):
             continue
-        check_key(key, "settings key")
-        if isinstance(value, bool) or not isinstance(value, (str, int, bytes, bytearray, dict)):
-            raise ProvisionError("settings key %r: value must be a string, an int, bytes or {\"file\": path}" % key)
-        if isinstance(value, str):
-            entries[key] = value.encode()
-        elif isinstance(value, int):
-            if not -(2**31) <= value < 2**31:
-                raise ProvisionError("settings key %r: int does not fit in an i32" % key)
-            entries[key] = value
-        elif isinstance(value, (bytes, bytearray)):
-            entries[key] = bytes(value)
-        else:
-            if set(value) != {"file"} or not isinstance(value["file"], str):
-                raise ProvisionError("settings key %r: a dict value must be {\"file\": \"path\"}" % key)
-            path = resolve_file(value["file"], base_dir, cloud_state)
-            if not path.exists() and value["file"].startswith("@cloud/"):
-                raise ProvisionError("settings key %r: cannot read %s (the cloud emulator creates it on start)"
-                                     % (key, path))
-            entries[key] = file_bytes(path, key)
+        try:
+            schema.check_name(key)
+            kind = _kind(key, value)
+            if kind == BINARY and value == "":
+                continue
+            schema.check_value(key, kind, value)
+            if kind == I32:
+                entries[key] = value
+            elif isinstance(value, (bytes, bytearray)):
+                entries[key] = bytes(value)
+            elif kind == BINARY:
+                path = resolve_file(value["file"], base_dir, cloud_state)
+                if not path.exists() and value["file"].startswith("@cloud/"):
+                    raise ProvisionError("%s: cannot read %s (the cloud emulator creates it on start)" % (key, path))
+                entries[key] = file_bytes(path, key)
+                if len(entries[key]) > schema.MAX_BLOB:
+                    raise ProvisionError("%s is %d bytes; the device reads blobs up to %d"
+                                         % (key, len(entries[key]), schema.MAX_BLOB))
+                if key == "ca":
+                    check_certificate(entries[key], "ca (%s)" % file_label(path))
+            else:
+                entries[key] = value.encode()
+        except (SchemaError, ProvisionError) as exc:
+            raise ProvisionError("%s: %s" % (_at(where, key, columns), exc)) from None
     return entries
 
 
 def read_settings(path):
-    """Load a settings JSON file: {key: str | int | {"file": path}}, comments dropped, checked."""
+    """Load a settings JSON file: {key: str | int | {"file": path}}, comments dropped, checked by the schema.
+
+    Keys are those dynreg reads (docs/nvs-keys.md) or declared "name:blob" / "name:i32" /
+    "name:file" for the application's own; a wrong type or an unknown key is an error naming it.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ProvisionError("cannot read settings %s: %s" % (path, exc)) from None
+    except OSError as exc:
+        raise ProvisionError("cannot read settings %s: %s" % (path, exc.strerror)) from None
+    except ValueError as exc:  # the position only: the decoder's message may quote the text
+        raise ProvisionError("settings %s: not JSON (line %s, column %s)"
+                             % (path, getattr(exc, "lineno", "?"), getattr(exc, "colno", "?"))) from None
     if not isinstance(doc, dict):
         raise ProvisionError("settings %s: expected a JSON object" % path)
     settings = {}
-    for key, value in doc.items():
+    for position, (key, value) in enumerate(doc.items(), 1):
         if key.startswith("_"):
             continue
-        check_key(key, "settings key")
-        if isinstance(value, bool) or not isinstance(value, (str, int, dict)):
-            raise ProvisionError("settings key %r: value must be a string, an int or {\"file\": path}" % key)
-        if isinstance(value, int) and not -(2**31) <= value < 2**31:
-            raise ProvisionError("settings key %r: int does not fit in an i32" % key)
-        if isinstance(value, dict) and (set(value) != {"file"} or not isinstance(value["file"], str)):
-            raise ProvisionError("settings key %r: a dict value must be {\"file\": \"path\"}" % key)
-        settings[key] = value
+        try:
+            name, kind = schema.declared(key, position)
+            if not (kind == BINARY and value == ""):
+                schema.check_value(name, kind, value)
+        except SchemaError as exc:
+            raise ProvisionError("settings %s: %s" % (path, exc)) from None
+        settings[name] = value
     return settings
 
 
@@ -213,7 +248,7 @@ def _check_size(size):
         raise ProvisionError("NVS partition size %r: must be a multiple of 0x1000, at least 0x3000" % (size,))
 
 
-def image_from_entries(entries, size=DEFAULT_NVS_SIZE):
+def image_from_entries(entries, size=PARTITION_SIZE):
     """The NVS partition image (bytes, `size` long) holding `entries` in namespace "dynreg"."""
     _check_size(size)
     gen = _generator()
@@ -223,7 +258,7 @@ def image_from_entries(entries, size=DEFAULT_NVS_SIZE):
         nvs = gen.nvs_open(out, size - 0x1000, gen.Page.VERSION2)
         gen.write_entry(nvs, NAMESPACE, "namespace", "", "")
         for key, value in entries.items():
-            check_key(key)
+            schema.check_name(key)
             if isinstance(value, int):
                 gen.write_entry(nvs, key, "data", "i32", str(value))
             else:
@@ -232,15 +267,17 @@ def image_from_entries(entries, size=DEFAULT_NVS_SIZE):
     except (gen.InsufficientSizeError, gen.PageFullError):
         raise ProvisionError("the values (%d bytes) do not fit in a %#x-byte NVS partition"
                              % (sum(len(v) if isinstance(v, bytes) else 4 for v in entries.values()), size)) from None
-    except gen.InputError as exc:
-        raise ProvisionError("NVS generator: %s" % str(exc).strip()) from None
+    except gen.InputError:  # its message quotes the value
+        raise ProvisionError("the NVS generator refused an entry") from None
+    except SchemaError as exc:
+        raise ProvisionError(str(exc)) from None
     image = out.getvalue()
     if len(image) != size:  # the generator fills every page; anything else is a bug
         raise ProvisionError("NVS generator produced %d bytes for a %#x-byte partition" % (len(image), size))
     return image
 
 
-def build_image(settings, size=DEFAULT_NVS_SIZE):
+def build_image(settings, size=PARTITION_SIZE):
     """The NVS partition image (bytes) for settings: flat dict NVS key -> str | int | bytes."""
     return image_from_entries(settings_entries(settings), size)
 
@@ -261,11 +298,6 @@ def generator_csv(entries):
 
 # --------------------------------------------------------------------------- checks
 
-def is_null(value):
-    """True if a device-secret value means "not registered yet" (dynreg's null-secret rule)."""
-    return value is None or (isinstance(value, bytes) and value.strip() in NULL_SECRETS)
-
-
 def identity_keys(entries):
     """The identity keys (dev_secret, dev_cert, dev_key) that hold a real value."""
     return [k for k in IDENTITY_KEYS if k in entries and not is_null(entries[k])]
@@ -281,123 +313,123 @@ def check_certificate(der, what):
         raise ProvisionError("%s is not an X.509 certificate (PEM or DER)" % what) from None
 
 
-def check_entries(entries, size, where="settings"):
-    """Check a board's NVS entries for what dynreg needs; raise ProvisionError naming `where`."""
-    def fail(message):
-        raise ProvisionError("%s: %s" % (where, message))
+def check_entries(entries, size, where="settings", columns=None):
+    """Check a board's NVS entries for what dynreg needs; raise ProvisionError naming where, column and key."""
+    def fail(key, message):
+        raise ProvisionError("%s: %s" % (_at(where, key, columns), message))
 
-    for key, value in entries.items():
-        kind = KNOWN_KEYS.get(key)
-        if kind == "i32" and not isinstance(value, int):
-            fail("%s must be an integer (dynreg reads it as i32)" % key)
-        if kind == "blob" and isinstance(value, int):
-            fail("%s must be text (dynreg reads it as a blob)" % key)
-        if isinstance(value, bytes) and len(value) > MAX_DEVICE_BLOB:
-            fail("%s is %d bytes; the device reads blobs up to %d" % (key, len(value), MAX_DEVICE_BLOB))
     platform = entries.get("platform")
     if not platform:
-        fail("platform is missing (one of %s)" % ", ".join(PLATFORMS))
+        fail("platform", "platform is missing (one of %s)" % ", ".join(PLATFORMS))
     if platform.decode(errors="replace") not in PLATFORMS:
-        fail("unknown platform %r (one of %s)" % (platform.decode(errors="replace"), ", ".join(PLATFORMS)))
+        fail("platform", "platform is not one of %s" % ", ".join(PLATFORMS))
     if not entries.get("prod_id"):
-        fail("prod_id is missing (Tencent ProductId / UCloud ProductSN / Protco pid)")
+        fail("prod_id", "prod_id is missing (Tencent ProductId / UCloud ProductSN / Protco pid)")
     registered = identity_keys(entries)
     if not entries.get("prod_secret") and not registered:
-        fail("prod_secret is missing (needed to register)")
+        fail("prod_secret", "prod_secret is missing (needed to register)")
     if entries.get("tls", 1) != 0 and not entries.get("ca"):
-        fail("ca is missing (the CA certificate of the cloud's servers; tls=0 only for plain TCP)")
-    if entries.get("ca"):
-        check_certificate(entries["ca"], "%s: ca" % where)
+        ours = (CA_DIR / ("%s.pem" % platform.decode())).is_file()
+        fail("ca", "ca is missing (the CA certificate of the cloud's servers; %s; tls=0 only for plain TCP)"
+             % ("left empty, it is the platform's own (tools/factory/ca/) only for the platform's own hosts" if ours
+                else "this platform publishes none (tools/factory/ca/SOURCES.md)"))
     name = entries.get("dev_name", b"").decode(errors="replace")
     if name and platform == b"ucloud" and not re.fullmatch(r"[A-Za-z0-9\-_@:]{4,64}", name):
-        fail("dev_name %r: UCloud DeviceSN is 4-64 characters of A-Z a-z 0-9 - _ @ :" % name)
+        fail("dev_name", "dev_name: UCloud DeviceSN is 4-64 characters of A-Z a-z 0-9 - _ @ :")
     if name and platform == b"protco" and "_" in name:
-        fail("dev_name %r: a Protco unique id has no '_'" % name)
+        fail("dev_name", "dev_name: a Protco unique id has no '_'")
     try:
         image_from_entries(entries, size)
     except ProvisionError as exc:
-        fail(str(exc))
+        raise ProvisionError("%s: %s" % (where, exc)) from None
     reserve = dict((k, b"\x00" * n) for k, n in REGISTRATION_RESERVE.get(platform.decode(), DEFAULT_RESERVE).items()
                    if k not in entries)
     if reserve and not registered:
         try:
             image_from_entries(dict(entries, **reserve), size)
         except ProvisionError:
-            fail("fits in the %#x-byte NVS partition, but leaves no room for what the device stores when it "
-                 "registers (%s)" % (size, ", ".join(sorted(reserve))))
+            raise ProvisionError("%s: fits in the %#x-byte NVS partition, but leaves no room for what the device "
+                                 "stores when it registers (%s)" % (where, size, ", ".join(sorted(reserve)))) from None
 
 
 # --------------------------------------------------------------------------- the batch file
 
-def _column(header):
-    """(key, kind) of a batch file column: kind is i32, blob or file."""
-    name, _, kind = header.strip().partition(":")
-    name = name.strip()
-    kind = kind.strip()
-    check_key(name, "column")
-    if kind:
-        if kind not in ("i32", "blob", "file"):
-            raise ProvisionError("column %r: type must be i32, blob or file" % header)
-        if name in KNOWN_KEYS and (kind == "i32") != (KNOWN_KEYS[name] == "i32"):
-            raise ProvisionError("column %r: dynreg reads %s as %s" % (header, name, KNOWN_KEYS[name]))
-        return name, kind
-    if name in FILE_COLUMNS:
-        return name, "file"
-    return name, KNOWN_KEYS.get(name, "blob")
+class Row(dict):
+    """One board's settings from a batch file, with where it came from: `where` ("lot7.csv row 2") and
+    `columns` (key -> column number) for error messages."""
+
+    def __init__(self, where, columns):
+        dict.__init__(self)
+        self.where, self.columns = where, columns
 
 
 def read_batch(path):
-    """The batch file's rows as settings dicts ({key: str | int | {"file": absolute path}}), checked for form."""
+    """The batch file's rows as Rows ({key: str | int | {"file": absolute path}}), checked by the schema.
+
+    Errors name the file, row, column and key, never a cell's value.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeError) as exc:
-        raise ProvisionError("cannot read %s: %s" % (path, exc)) from None
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise ProvisionError("cannot read %s: %s" % (path, exc.strerror)) from None
+    except UnicodeDecodeError as exc:
+        line = text_line(path.read_bytes(), exc.start)
+        raise ProvisionError("%s line %d: not UTF-8 text (a spreadsheet export needs \"CSV UTF-8\")" % (path, line)) \
+            from None
     lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    rows = list(csv.reader(lines))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    try:
+        rows = [r for r in csv.reader(lines) if any(cell.strip() for cell in r)]
+    except csv.Error as exc:
+        raise ProvisionError("%s: not a CSV file (%s)" % (path, str(exc).split(":")[0])) from None
     if not rows:
         raise ProvisionError("%s: no header row" % path)
     header, data = rows[0], rows[1:]
-    try:
-        columns = [_column(h) for h in header]
-    except ProvisionError as exc:
-        raise ProvisionError("%s: %s" % (path, exc)) from None
+    columns = []
+    for number, cell in enumerate(header, 1):
+        try:
+            columns.append(schema.declared(cell, number))
+        except SchemaError as exc:
+            raise ProvisionError("%s header, column %d: %s" % (path.name, number, exc)) from None
     keys = [k for k, _ in columns]
     dupes = sorted(set(k for k in keys if keys.count(k) > 1))
     if dupes:
         raise ProvisionError("%s: column %s appears more than once" % (path, ", ".join(dupes)))
     if not data:
         raise ProvisionError("%s: no rows (one row per board, or one row for the whole batch)" % path)
+    numbers = dict((k, n) for n, k in enumerate(keys, 1))
     batch = []
-    for number, row in enumerate(data, 1):
-        where = "%s row %d" % (path.name, number)
-        if len(row) > len(columns):
-            raise ProvisionError("%s: %d cells for %d columns" % (where, len(row), len(columns)))
-        settings = {}
-        for (key, kind), cell in zip(columns, row):
+    for number, cells in enumerate(data, 1):
+        settings = Row("%s row %d" % (path.name, number), numbers)
+        if len(cells) != len(columns):
+            raise ProvisionError("%s: %d cells for %d columns (a missing or extra comma shifts every cell after it; "
+                                 "an empty value is an empty cell, a comma inside a value needs quotes)"
+                                 % (settings.where, len(cells), len(columns)))
+        for (key, kind), cell in zip(columns, cells):
             cell = cell.strip()
             if not cell:
                 continue
-            if kind == "i32":
+            at = _at(settings.where, key, numbers)
+            if kind == I32:
                 try:
-                    value = int(cell, 0)
+                    settings[key] = int(cell, 0)
                 except ValueError:
-                    raise ProvisionError("%s: %s=%r is not an integer" % (where, key, cell)) from None
-                if not -(2**31) <= value < 2**31:
-                    raise ProvisionError("%s: %s=%s does not fit in an i32" % (where, key, cell))
-                settings[key] = value
-            elif kind == "file":
+                    raise ProvisionError("%s: %s is not an integer (dynreg reads it as i32)" % (at, key)) from None
+            elif kind == BINARY:
                 settings[key] = {"file": str((path.parent / cell).resolve())}
             else:
                 settings[key] = cell
+            try:
+                schema.check_value(key, kind, settings[key])
+            except SchemaError as exc:
+                raise ProvisionError("%s: %s" % (at, exc)) from None
         batch.append(settings)
     return batch
 
 
-def unknown_columns(batch):
-    """Keys in the batch that dynreg does not read (typos show up here)."""
-    return sorted(set(k for settings in batch for k in settings) - set(KNOWN_KEYS))
+def text_line(data, offset):
+    """The 1-based line number of byte `offset` in data."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def _file_name(name):
@@ -408,26 +440,18 @@ def plan_images(batch, size, batch_name="batch"):
     """[(image name, entries, where)] for a batch, every row checked; raises ProvisionError on the first problem."""
     rows = []
     for number, settings in enumerate(batch, 1):
-        where = "row %d" % number
-        try:
-            entries = settings_entries(settings)
-        except ProvisionError as exc:
-            raise ProvisionError("%s: %s" % (where, exc)) from None
-        if "ca" in settings and isinstance(settings["ca"], dict):
-            where_ca = "%s: ca (%s)" % (where, settings["ca"]["file"])
-        else:
-            where_ca = "%s: ca" % where
-        try:
-            check_entries(entries, size, where)
-        except ProvisionError as exc:
-            raise ProvisionError(str(exc).replace("%s: ca" % where, where_ca, 1)) from None
+        where = getattr(settings, "where", "row %d" % number)
+        columns = getattr(settings, "columns", None)
+        entries = settings_entries(settings, where=where, columns=columns)
+        check_entries(entries, size, where, columns)
         rows.append((number, entries))
     names = [e.get("dev_name", b"").decode() for _, e in rows]
-    named = [n for n in names if n]
-    dupes = sorted(set(n for n in named if named.count(n) > 1))
-    if dupes:
-        raise ProvisionError("dev_name %s appears in more than one row: every board needs its own identity"
-                             % ", ".join(repr(d) for d in dupes))
+    named = [(n, number) for n, (number, _) in zip(names, rows) if n]
+    for name, number in named:
+        same = [str(other) for n, other in named if n == name]
+        if len(same) > 1:
+            raise ProvisionError("rows %s have the same dev_name: every board needs its own identity"
+                                 % ", ".join(same))
     if not named and all(e == rows[0][1] for _, e in rows):
         return [(_file_name(batch_name), rows[0][1], "the whole batch (%d rows, names from the MAC)" % len(rows))]
     images = []
@@ -436,7 +460,8 @@ def plan_images(batch, size, batch_name="batch"):
     files = [n for n, _, _ in images]
     clashes = sorted(set(n for n in files if files.count(n) > 1))
     if clashes:
-        raise ProvisionError("device names map to the same image file name: %s" % ", ".join(clashes))
+        raise ProvisionError("device names of rows %s map to the same image file name"
+                             % ", ".join(where for n, _, where in images if n in clashes))
     return images
 
 
@@ -466,7 +491,7 @@ class Progress:
 def build_parser():
     parser = argparse.ArgumentParser(
         description="Make NVS partition images for dynreg boards from a batch file (CSV).",
-        epilog="Column reference and examples: README, 'From factory to field'.")
+        epilog="Column reference and examples: docs/factory.md and docs/nvs-keys.md.")
     parser.add_argument("batch", help="batch file (CSV): one row per board, or one row for the whole batch")
     parser.add_argument("--board", required=True, help="board (boards/<BOARD>/board.json): sets the NVS size")
     parser.add_argument("--partition", choices=("default", "ota"), default="default",
@@ -505,8 +530,10 @@ def main(argv=None):
             return error("--only %s: no such image in %s" % (args.only, args.batch))
     if args.flash and len(images) != 1:
         return error("--flash writes one image; this batch makes %d (choose one with --only)" % len(images))
-    for key in unknown_columns(batch):
-        print("provision: note: %r is not a key dynreg reads; stored as given" % key, file=sys.stderr)
+    shipped = sorted(set(platform_ca(r)["file"] for r in batch if platform_ca(r)))
+    for path in shipped:
+        print("provision: note: ca left empty: using the platform's own CA %s" % Path(path).relative_to(REPO),
+              file=sys.stderr)
     # Everything checked: build, then write.
     built = []
     progress = Progress(len(images))
@@ -517,9 +544,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     for name, image, entries, where in built:
         path = out / (name + ".bin")
-        path.write_bytes(image)
+        private.write(path, image)
         if args.gen_csv:
-            (out / (name + ".csv")).write_text(generator_csv(entries))
+            private.write(out / (name + ".csv"), generator_csv(entries).encode())
         print("%s: %s (%s, %s, %d keys: %s)" % (path, where, board["board"], hex(size), len(entries),
                                                   ", ".join(entries)))
     if args.flash:

@@ -29,12 +29,15 @@ The runner
    becomes a UTF-8 blob, an int an i32, {"file": "path"} the file's bytes
    (PEM converted to DER; relative to the settings file; "@cloud/x" = x in the
    cloud emulator's state directory). Keys starting with "_" are comments.
+   Checked by the NVS schema as tools/factory/provision.py checks a batch file:
+   a key dynreg does not read, or a value of the wrong type, is an error naming it.
    The image is made as tools/factory/provision.py makes it for a real board, by
    esp-idf-nvs-partition-gen (i32 and blob entries only).
    --nvs IMAGE instead boots from a factory image made by tools/factory/provision.py
    for a real board, byte for byte (copied in as esptool would flash it).
 2. With --cloud, first starts the cloud emulator (python -m tools.cloud
-   --state CLOUD_STATE) for the duration of the run, listening where the
+   --state CLOUD_STATE, through tools/cloud/proc.py) for the duration of
+   the run, listening where the
    settings point the device (reg_port, mqtt_port: TLS or plain ports
    according to "tls"), and waits until it is ready; --fresh then also drops
    the emulator's device records (CLOUD_STATE/devices.json), keeping its CA.
@@ -45,7 +48,8 @@ The runner
 Environment given to the board: DYNREG_SIM_NVS (NVS image), DYNREG_SIM_WIFI
 ("ssid\\npassword" of the access point in range, empty = none),
 DYNREG_SIM_MAC (12 hex digits), DYNREG_SIM_FIRMWARE (firmware directory),
-DYNREG_SIM_PATH (dependency directories, os.pathsep-separated).
+DYNREG_SIM_PATH (dependency directories, os.pathsep-separated: build/deps/<--umqtt>,
+none with --umqtt none, for a firmware directory that brings its own, e.g. one mip installed).
 
 Fault injection (the hardware stand-ins only; boards/sim/modules/simfault.py):
 --fault SPEC sets DYNREG_SIM_FAULT=SPEC for the FIRST boot only (later boots are
@@ -73,9 +77,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SIM_DIR = REPO / "boards" / "sim"
-NAMESPACE = "dynreg"
-NVS_SIZE = 0x6000  # the nvs partition of MicroPython's default table (boards/sim/board.json)
-MAX_KEY_BYTES = 15
 RESET_EXIT = 86
 POWER_CUT_EXIT = 87  # boards/sim/modules/simfault.py: an injected power cut
 EXIT_USAGE = 2
@@ -85,11 +86,13 @@ DEFAULT_MAC = "240ac4123456"
 CLOUD_START_TIMEOUT = 30
 
 
-# The settings format belongs to tools/factory/provision.py, which makes the factory images of real boards.
+# The settings format belongs to tools/factory/provision.py, which makes the factory images of real boards,
+# and the keys, types and limits to the NVS schema: sim settings are checked by the same code.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from tools.cloud.proc import Emulator, EmulatorError  # noqa: E402
-from tools.factory import nvsformat  # noqa: E402  the board's own NVS codec
+from tools.factory import nvsformat, private  # noqa: E402  the board's own NVS codec
+from tools.factory.nvs_schema import NAMESPACE, PARTITION_SIZE as NVS_SIZE  # noqa: E402
 from tools.factory.provision import ProvisionError as SetupError  # noqa: E402  (bad settings: message is safe to print)
 from tools.factory.provision import build_image, pem_to_der, read_settings, resolve_file, settings_entries  # noqa: E402,F401
 
@@ -141,12 +144,10 @@ def flash_image(image_path, nvs_path):
 
 
 def write_nvs(image, nvs_path):
-    """Put an NVS image into the board's flash file, atomically (a half-written file is no partition)."""
+    """Put an NVS image into the board's flash file, atomically (a half-written file is no partition), 0600."""
     nvs_path = Path(nvs_path)
     nvs_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = nvs_path.with_name(nvs_path.name + ".tmp")
-    tmp.write_bytes(image)
-    tmp.replace(nvs_path)
+    private.write(nvs_path, image)
 
 
 def wifi_spec(arg, settings):
@@ -270,7 +271,8 @@ def boot_loop(command, env, interp, max_boots, boot_timeout, fault=None, cut_on=
         else:
             say("boot %d (%s)" % (boot, interp))
         piped = pattern is not None
-        proc = subprocess.Popen(command, env=boot_env, stdout=subprocess.PIPE if piped else None)
+        # umask 077: the board's flash file (esp32.NVS rewrites it at each commit) holds its secrets
+        proc = subprocess.Popen(command, env=boot_env, stdout=subprocess.PIPE if piped else None, umask=0o077)
         with switch.lock:
             switch.proc, switch.cut = proc, False
         pump = None
@@ -333,7 +335,8 @@ def build_parser():
     parser.add_argument("--mac", default=os.environ.get("DYNREG_SIM_MAC") or DEFAULT_MAC, help="Wi-Fi MAC, 12 hex digits")
     parser.add_argument("--max-boots", type=int, default=6, help="give up (exit 3) after this many boots")
     parser.add_argument("--boot-timeout", type=float, default=60, help="seconds per boot (0 = no limit)")
-    parser.add_argument("--umqtt", choices=("legacy", "frozen"), default="frozen", help="umqtt.simple variant (tools/fetch_deps.py)")
+    parser.add_argument("--umqtt", choices=("legacy", "frozen", "none"), default="frozen",
+                        help="umqtt.simple variant (tools/fetch_deps.py); none: the firmware brings its own (mip install)")
     parser.add_argument("--heapsize", help="MicroPython heap size, e.g. 120000 or 128K")
     parser.add_argument("--fault", help="fault injected into the first boot only, e.g. nvs_write:1, nvs_commit:1, "
                         "wifi:fail:2, wifi:timeout:1, ntp:fail (boards/sim/modules/simfault.py)")
@@ -370,8 +373,8 @@ def main(argv=None):
             say("NVS provisioned from %s into %s: %s" % (settings_path, nvs_path, ", ".join(sorted(values))))
         else:
             say("NVS kept: %s (--fresh re-provisions)" % nvs_path)
-        deps_dir = REPO / "build" / "deps" / args.umqtt
-        if not deps_dir.is_dir():
+        deps_dir = "" if args.umqtt == "none" else REPO / "build" / "deps" / args.umqtt
+        if deps_dir and not deps_dir.is_dir():
             say("warning: %s missing (run tools/fetch_deps.py); umqtt.simple unavailable" % deps_dir)
         env = board_env(args, nvs_path, wifi_spec(args.wifi, settings), deps_dir)
         return boot_loop(command, env, args.interp, args.max_boots, args.boot_timeout, args.fault, args.cut_on)

@@ -21,7 +21,8 @@ Semantics follow ports/esp32/esp32_nvs.c over ESP-IDF's nvs_* API:
   keeps every other namespace as the image holds it, and rewrites the whole
   image from that content (nvsformat.build(): a compacted layout; the real
   ESP-IDF appends new items and erases old ones in place). The file is
-  replaced atomically (a crash leaves the old or the new image).
+  replaced atomically (a crash leaves the old or the new image) and is
+  owner-only (0600: it holds the board's secrets), whatever the umask.
 
 Environment: DYNREG_SIM_NVS names the partition image file; its size is the
 partition's size. A missing file is an erased partition of DYNREG_SIM_NVS_SIZE
@@ -91,7 +92,8 @@ def _load():
         except OSError:
             pass  # no file yet: erased flash
     if image is None:
-        image = nvsformat.erased(int(os.getenv("DYNREG_SIM_NVS_SIZE") or "0x6000", 0))
+        size = os.getenv("DYNREG_SIM_NVS_SIZE")
+        image = nvsformat.erased(int(size, 0) if size else nvsformat.DEFAULT_SIZE)
     _size = len(image)
     try:
         content = nvsformat.read(image)
@@ -112,11 +114,25 @@ def _save(content):
     path = os.getenv("DYNREG_SIM_NVS")
     if path:
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        _create_private(tmp)
+        with open(tmp, "wb") as f:  # an existing file keeps its mode
             f.write(image)
         # rename() replaces the old file atomically: a crash leaves old or new
         os.rename(tmp, path)
     _committed = content
+
+
+def _create_private(path):
+    """Create path empty and owner-only (the flash holds the board's secrets), whatever the umask."""
+    if hasattr(os, "open"):  # CPython
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.chmod(path, 0o600)  # a stale file keeps its mode through O_CREAT
+        return
+    # MicroPython's unix port has no os.open nor chmod: the runner (tools/sim) starts the board with umask 077;
+    # started otherwise, the shell fixes the mode (once per commit, only when the umask let it through).
+    open(path, "wb").close()
+    if os.stat(path)[0] & 0o077:
+        os.system("chmod 600 '%s'" % path.replace("'", "'\\''"))
 
 
 class NVS:

@@ -21,6 +21,17 @@ def log(msg):
     print("dynreg:", msg)
 
 
+def shown(text, limit=64):
+    """Text from the network made safe for one log line: printable ASCII (others as \\xNN), at most
+    `limit` characters (then "...")."""
+    if not isinstance(text, (bytes, bytearray)):
+        text = str(text).encode()
+    out = ""
+    for b in text[:limit]:
+        out += chr(b) if 32 <= b < 127 else "\\x%02x" % b
+    return out[:limit] + ("..." if len(out) > limit or len(text) > limit else "")
+
+
 def connect():
     """Return a logged-in `Device`, registering first if the board has no secret (resets then)."""
     from dynreg import flow

@@ -3,12 +3,16 @@
 dynreg sends CONNECT itself so that the connection, the TLS handshake and the CONNACK wait are
 bounded by a timeout, and TLS is verified the same way whichever umqtt.simple release is installed
 (PyPI 1.3.4 wraps with `ssl_params`, firmware >= 1.23 with an SSLContext). After login, umqtt.simple
-takes the connection.
+writes QoS 0 publishes; dynreg.device reads every packet itself, bounded (read()).
 """
 
 import struct
 
+from micropython import const
+
 from dynreg import DynregError, log, net
+
+_CHUNK = const(256)  # bytes of an oversized packet read at a time while it is skipped
 
 
 def string(data):
@@ -36,61 +40,75 @@ def subscribe(pid, topics):
     return packet(0x82, body)
 
 
-def read(s, limit, first=None):
+def read(s, limit, first=None, until=None, skip=False):
     """Read one packet -> (first header byte, body); `first` when the caller read that byte already.
 
     A remaining length over `limit` is refused before anything more is read, so a hostile peer
-    cannot make the device allocate what it announces.
+    cannot make the device allocate what it announces; with `skip` its body is read and dropped in
+    small pieces instead, and the body returned is None. `until` (ticks_ms) bounds the whole packet
+    on a non-blocking stream (net.read).
     """
     if first is None:
-        head = s.read(1)
+        head = net.read(s, 1, until, "mqtt")
         if not head:
             raise DynregError("mqtt: the broker closed the connection")
         first = head[0]
     n = shift = 0
     while True:
-        b = s.read(1)
+        b = net.read(s, 1, until, "mqtt")
         if not b or shift > 21:  # a remaining length has at most four bytes
             raise DynregError("mqtt: malformed packet")
         n |= (b[0] & 0x7F) << shift
         if not b[0] & 0x80:
             break
         shift += 7
+    if n > limit and skip:
+        left = n
+        while left:
+            got = len(net.read(s, min(left, _CHUNK), until, "mqtt"))
+            if not got:
+                raise DynregError("mqtt: packet cut short")
+            left -= got
+        log("mqtt: skipped a %d-byte packet (type 0x%02x) over the %d-byte limit" % (n, first, limit))
+        return first, None
     if n > limit:
         raise DynregError("mqtt: %d-byte packet exceeds the %d-byte limit" % (n, limit))
-    body = s.read(n) if n else b""
+    body = net.read(s, n, until, "mqtt") if n else b""
     if len(body) != n:
         raise DynregError("mqtt: packet cut short")
     return first, body
 
 
-def login(st, ctx, host, client_id, user, password, timeout=10):
-    """Connect to the broker NVS names (mqtt_host, mqtt_port; else `host`, port 8883, or 1883 without TLS),
-    over TLS with `ctx` unless it is None; log in and return (stream, host, port)."""
-    host = st.text("mqtt_host") or host
-    port = st.int("mqtt_port", 1883 if ctx is None else 8883)
+def login(ctx, host, port, client_id, user, password, keepalive=60, timeout=10):
+    """Connect to host:port over TLS with `ctx` (plain TCP when None), log in with a clean session and
+    `keepalive` seconds; return the stream, non-blocking (read with net.read and a deadline)."""
     log("mqtt: connecting to mqtt%s://%s:%d as %s" % ("" if ctx is None else "s", host, port, client_id))
-    s = net.open_socket(host, port, ctx, timeout)
+    s = net.open_socket(host, port, ctx, timeout, "mqtt")
     try:
-        # CONNECT: protocol "MQTT" level 4 (3.1.1); flags user, password, clean session; keepalive 60 s
-        s.write(packet(0x10, b"\x00\x04MQTT\x04\xc2\x00\x3c" + string(client_id) + string(user) + string(password)))
+        # CONNECT: protocol "MQTT" level 4 (3.1.1); flags user, password, clean session; keepalive
+        s.write(packet(0x10, b"\x00\x04MQTT\x04\xc2" + struct.pack("!H", keepalive) + string(client_id)
+                       + string(user) + string(password)))
         password = None
-        ack = s.read(4)
-        if len(ack) != 4 or ack[0] != 0x20 or ack[1] != 2:
-            raise DynregError("mqtt: no CONNACK from the broker")
-        if ack[3]:
-            raise DynregError("mqtt: broker refused the login (CONNACK return code %d)" % ack[3])
+        s.setblocking(False)
+        try:
+            ack = read(s, 2, None, net.deadline(timeout * 1000))
+        except (OSError, DynregError):
+            ack = None
+        if not ack or ack[0] != 0x20 or len(ack[1]) != 2:
+            raise DynregError("mqtt: no CONNACK from %s:%d" % (host, port))
+        if ack[1][1]:
+            raise DynregError("mqtt: %s:%d: broker refused the login (CONNACK return code %d)"
+                              % (host, port, ack[1][1]))
     except BaseException:
         s.close()
         raise
-    return s, host, port
+    return s
 
 
-def connect(st, ctx, host, client_id, user, password):
-    """Log in (see login(); keepalive 60 s) and return an umqtt.simple MQTTClient on the connection."""
+def connect(ctx, host, port, client_id, user, password, keepalive):
+    """Log in (see login()) and return an umqtt.simple MQTTClient on the connection."""
     from umqtt.simple import MQTTClient
 
-    s, host, port = login(st, ctx, host, client_id, user, password)
-    c = MQTTClient(client_id, host, port, keepalive=60)
-    c.sock = s
+    c = MQTTClient(client_id, host, port, keepalive=keepalive)
+    c.sock = login(ctx, host, port, client_id, user, password, keepalive)
     return c

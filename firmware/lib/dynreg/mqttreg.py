@@ -11,9 +11,11 @@ import json
 import os
 import time
 
+from micropython import const
+
 from dynreg import DynregError, log, mqtt
 
-MAX_PACKET = 1024  # bytes of one MQTT packet the device accepts during registration
+MAX_PACKET = const(1024)  # bytes of one MQTT packet the device accepts during registration
 
 
 def reply(kind, body, topic):
@@ -34,23 +36,29 @@ def reply(kind, body, topic):
     return r
 
 
-def exchange(s, topic, reply_topic, id_key, request, timeout_ms=5000):
-    """On the logged-in stream `s`: subscribe to `reply_topic`, publish the dict `request` on `topic`
-    with a fresh random id under `id_key`, and return the first reply carrying that id.
-    Raises DynregError after timeout_ms; closes `s` either way."""
+def exchange(s, topic, reply_topic, id_key, request, until, timeout_ms=5000):
+    """On the logged-in (non-blocking) stream `s`: subscribe to `reply_topic`, publish the dict `request`
+    on `topic` with a fresh random id under `id_key`, and return the first reply carrying that id.
+    Raises DynregError after timeout_ms, or at ticks_ms `until` if sooner, however slowly the broker
+    sends; closes `s` either way."""
     rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
     want = reply_topic.encode()
     try:
         # One write for both: separate small writes would wait for TCP ACKs (Nagle), costing round trips.
         request = mqtt.packet(0x30, mqtt.string(topic) + json.dumps(request).encode())
+        s.setblocking(True)  # writes whole; reads stay non-blocking, under the deadline
         s.write(mqtt.subscribe(1, (reply_topic,)) + request)
+        s.setblocking(False)
         request = None
-        t0 = time.ticks_ms()
-        while time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
+        wait = min(timeout_ms, time.ticks_diff(until, time.ticks_ms()))
+        end = time.ticks_add(time.ticks_ms(), wait)
+        while True:
             try:
-                kind, body = mqtt.read(s, MAX_PACKET)
-            except OSError:  # the socket's own timeout
-                break
+                kind, body = mqtt.read(s, MAX_PACKET, None, end)
+            except DynregError:
+                if time.ticks_diff(end, time.ticks_ms()) <= 0:
+                    raise DynregError("no registration reply within %d ms" % wait)
+                raise
             if kind == 0x90 and body[-1:] == b"\x80":
                 raise DynregError("the broker refused the subscription to %s" % reply_topic)
             r = reply(kind, body, want)
@@ -58,9 +66,9 @@ def exchange(s, topic, reply_topic, id_key, request, timeout_ms=5000):
                 if r.get(id_key) == rid:
                     return r
                 log("ignoring a reply for another request")
-        raise DynregError("no registration reply within %d ms" % timeout_ms)
     finally:
         try:
+            s.setblocking(True)
             s.write(b"\xe0\x00")  # DISCONNECT
         except OSError:
             pass  # the registration connection is done with either way

@@ -5,10 +5,13 @@ import time
 
 import usocket as socket  # the u-name: under CPython the sim board maps it to MicroPython semantics
 
-from dynreg import ConfigError, DynregError, log
+from micropython import const
+
+from dynreg import ConfigError, DynregError, log, shown
 
 # Ports whose epoch is 2000 (older ESP32 builds) need this to produce Unix time.
 _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_ETIMEDOUT = const(110)
 _offset = 0  # cloud time minus local time, learnt after login (seconds)
 
 
@@ -78,10 +81,31 @@ def tls_context(ca, cert=None, key=None):
     return ctx
 
 
-def open_socket(host, port, ctx=None, timeout=10):
-    """A connected stream to host:port, TLS-wrapped with `ctx` (checking `host`) unless ctx is None."""
-    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+def deadline(ms):
+    """The ticks_ms value `ms` milliseconds from now (for read())."""
+    return time.ticks_add(time.ticks_ms(), ms)
+
+
+def why(e):
+    """One line naming what went wrong in a socket or TLS exception (MicroPython's TLS errors span lines)."""
+    if isinstance(e, ValueError):  # mbedTLS's failed verification, one reason a line
+        return "certificate verify failed: " + shown("; ".join(r for r in str(e).split("\n") if r), 120)
+    if getattr(e, "errno", None) == _ETIMEDOUT:
+        return "timed out"
+    return shown(e, 96)
+
+
+def open_socket(host, port, ctx=None, timeout=10, step="net"):
+    """A connected stream to host:port, TLS-wrapped with `ctx` (checking `host`) unless ctx is None.
+
+    Failures are one-line DynregErrors naming `step`, the stage (DNS, connect, TLS) and host:port.
+    """
+    try:
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+    except OSError as e:
+        raise DynregError("%s: DNS lookup of %s failed (%s)" % (step, host, why(e)))
     s = socket.socket()
+    stage = "connect to"
     try:
         s.settimeout(timeout)
         try:
@@ -92,9 +116,41 @@ def open_socket(host, port, ctx=None, timeout=10):
             pass  # a stack without the option still works, only slower
         s.connect(addr)
         if ctx:
+            stage = "TLS handshake with"
             gc.collect()  # the TLS handshake needs large contiguous buffers
             s = ctx.wrap_socket(s, server_hostname=host)
+    except (OSError, ValueError) as e:
+        s.close()
+        raise DynregError("%s: %s %s:%d failed: %s" % (step, stage, host, port, why(e)))
     except BaseException:
         s.close()
         raise
     return s
+
+
+def read(s, n, until, step="net", idle_ms=10000):
+    """n bytes of stream `s` (fewer only at EOF), by ticks_ms `until` however slowly they come, and with
+    no gap over idle_ms (the socket timeout it replaces).
+
+    `s` is non-blocking (read() gives None while nothing came), so one slow byte at a time cannot
+    stretch the wait; `until` None waits as the stream does. DynregError naming `step` past either.
+    """
+    if until is None:
+        return s.read(n)
+    buf = b""
+    last = time.ticks_ms()
+    while len(buf) < n:
+        d = s.read(n - len(buf))
+        if d is None:
+            now = time.ticks_ms()
+            if time.ticks_diff(until, now) <= 0:
+                raise DynregError("%s: no complete answer before the deadline" % step)
+            if time.ticks_diff(now, last) > idle_ms:
+                raise DynregError("%s: timed out (nothing for %d ms)" % (step, idle_ms))
+            time.sleep_ms(5)
+        elif not d:
+            break
+        else:
+            buf += d
+            last = time.ticks_ms()
+    return buf

@@ -4,7 +4,8 @@
 Imported by the registration boot only; protco.py has the login.
 """
 
-from dynreg import ConfigError, DynregError, crypto, mqtt, mqttreg, net
+from dynreg import ConfigError, DynregError, crypto, mqtt, mqttreg, net, shown
+from dynreg.flow import broker
 
 # Reply `res` codes (docs/platforms/protco.md "Wire format").
 ERRORS = {
@@ -23,7 +24,7 @@ def register(st, name, ctx):
     pid = st.need("prod_id")
     if "_" in name:
         raise ConfigError("Protco's unique id %r must not contain '_'" % name)
-    secret = st.need("prod_secret").encode()
+    secret = st.secret("prod_secret")
     data = {}
     for key, field in (("barcode", "barcode"), ("replace_pid", "replacePid"), ("replace_sec", "secret")):
         value = st.text(key)
@@ -35,15 +36,18 @@ def register(st, name, ctx):
     method, ts = st.text("sign_method", "hmacSha256"), net.unix_time()
     password = crypto.hmac_hex(method, secret, "uuid=%s,ts=%d" % (pid, ts))
     user = "%s|signMethod=%s,ts=%d" % (pid, method, ts)
-    s = mqtt.login(st, ctx, "mqtt.protco.in", "register_%s_%s" % (pid, name), user, password, timeout=5)[0]
+    until = net.deadline(st.int("reg_timeout_ms", 30000))  # the whole exchange, however slow the broker
+    host, port = broker(st, "mqtt.protco.in", ctx)
+    s = mqtt.login(ctx, host, port, "register_%s_%s" % (pid, name), user, password, timeout=5)
     secret = password = None
     topic = "register/v2/%s/%s/register" % (pid, name)
     reply = mqttreg.exchange(s, topic, topic + "_response", "id",
-                             {"ts": net.unix_time(), "code": "register", "ack": 1, "data": data})
+                             {"ts": net.unix_time(), "code": "register", "ack": 1, "data": data}, until)
     res = reply.get("res")
     if res != 0:
         why = ERRORS.get(res) if isinstance(res, int) else None
-        raise DynregError("protco: registration refused: res %s (%s)" % (res, why or reply.get("msg")))
+        why = why or shown(reply.get("msg"))
+        raise DynregError("protco: registration refused: res %s (%s)" % (shown(res), why))
     d = reply.get("data")
     if not isinstance(d, dict):
         raise DynregError("protco: reply holds no data")

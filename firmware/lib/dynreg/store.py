@@ -1,6 +1,7 @@
 """The credential store: typed access to the "dynreg" NVS namespace (esp32.NVS)."""
 
 import esp32
+from micropython import const
 
 from dynreg import ConfigError
 
@@ -13,9 +14,9 @@ NULL_SECRETS = (
     b"YOUR_DEVICE_CERT_FILE_NAME",
     b"YOUR_DEVICE_PRIVATE_KEY_FILE_NAME",
 )
-_NOT_FOUND = -4354  # ESP_ERR_NVS_NOT_FOUND: missing key or wrong type
-_TOO_SMALL = -4364  # ESP_ERR_NVS_INVALID_LENGTH: buffer shorter than the blob
-_MAX_BLOB = 4096
+_NOT_FOUND = const(-4354)  # ESP_ERR_NVS_NOT_FOUND: missing key or wrong type
+_TOO_SMALL = const(-4364)  # ESP_ERR_NVS_INVALID_LENGTH: buffer shorter than the blob
+_MAX_BLOB = const(4096)
 
 
 def is_null(secret):
@@ -51,8 +52,12 @@ class Store:
 
     def need(self, key):
         """Return a text setting that must be present, or raise ConfigError naming it."""
-        v = self.text(key)
-        if v is None:
+        return self.secret(key).decode()
+
+    def secret(self, key):
+        """Return a blob that must be present (and not empty) as bytes: secrets never become str."""
+        v = self.get(key)
+        if not v:
             raise ConfigError("NVS key %r is missing" % key)
         return v
 

@@ -8,7 +8,11 @@ import json
 import random
 import time
 
-from dynreg import ConfigError, crypto, log, mqtt, net
+from dynreg import ConfigError, crypto, log, mqtt, net, shown
+from dynreg.flow import broker
+
+KEEPALIVE = (1, 900)  # s: the range the official SDKs accept
+_asked = 0  # ticks_ms when the time service was last asked (after_login)
 
 
 def mqtt_password(psk, username, method="hmacsha256"):
@@ -20,7 +24,7 @@ def mqtt_password(psk, username, method="hmacsha256"):
     return crypto.hmac_hex(method, key, username) + ";" + method.lower()
 
 
-def login(st, name, ctx):
+def login(st, name, ctx, keepalive):
     """Log in with the device's own psk (or certificate); return (umqtt client, product id, device name)."""
     pid = st.need("prod_id")
     # connid: five random characters of [a-zA-Z0-9] (here hex digits), as the SDKs send
@@ -30,14 +34,23 @@ def login(st, name, ctx):
             raise ConfigError("certificate products need TLS (tls=1)")
         password = ""
     else:
-        password = mqtt_password(st.get("dev_secret"), user, st.text("sign_method", "hmacsha256"))
-    return mqtt.connect(st, ctx, pid + ".iotcloud.tencentdevices.com", pid + name, user, password), pid, name
+        password = mqtt_password(st.secret("dev_secret"), user, st.text("sign_method", "hmacsha256"))
+    host, port = broker(st, pid + ".iotcloud.tencentdevices.com", ctx)
+    return mqtt.connect(ctx, host, port, pid + name, user, password, keepalive), pid, name
+
+
+def _topic(dev, kind):
+    return kind % (dev.product, dev.ident)
+
+
+_DOWN = "$thing/down/property/%s/%s"
+_UP = "$thing/up/property/%s/%s"
+_TIME = "$sys/operation/result/%s/%s"
 
 
 def subscriptions(dev):
-    """Topics the device listens on: data-template replies and the time service's answers."""
-    return ("$thing/down/property/%s/%s" % (dev.pid, dev.ident),
-            "$sys/operation/result/%s/%s" % (dev.pid, dev.ident))
+    """Topics the device listens on: data-template downlink (control, report_reply) and the time service."""
+    return _topic(dev, _DOWN), _topic(dev, _TIME)
 
 
 def after_login(dev):
@@ -46,22 +59,53 @@ def after_login(dev):
     The login does not wait for it: connect() returns at once and the reply arrives with the
     application's first poll().
     """
-    dev.publish("$sys/operation/%s/%s" % (dev.pid, dev.ident), b'{"type":"get","resource":["time"]}')
-    dev.time_asked = time.ticks_ms()
+    global _asked
+    dev.publish(_topic(dev, "$sys/operation/%s/%s"), b'{"type":"get","resource":["time"]}')
+    _asked = time.ticks_ms()
 
 
-def report(dev, props):
+def report(dev, props, qos=0):
     """Publish a property report to the data-template topic $thing/up/property/<pid>/<name>."""
     dev.seq += 1
     msg = json.dumps({"method": "report", "clientToken": "dr-%d" % dev.seq, "params": props})
-    dev.publish("$thing/up/property/%s/%s" % (dev.pid, dev.ident), msg)
+    return dev.publish(_topic(dev, _UP), msg, qos)
+
+
+def _property(dev, topic, msg):
+    """Data template downlink: answer `control` (params to dev.properties and on_message), take
+    `report_reply`; other methods go to the application."""
+    try:
+        m = json.loads(msg)
+        method = m.get("method")
+    except (ValueError, AttributeError, RuntimeError):
+        return False
+    if method == "control":
+        params = m.get("params")
+        code = 0 if isinstance(params, dict) else 1
+        reply = {"method": "control_reply", "clientToken": m.get("clientToken"), "code": code,
+                 "status": "ok" if code == 0 else "params is not an object"}
+        dev.publish(_topic(dev, _UP), json.dumps(reply))
+        log("tencent: control %s -> code %d" % (shown(m.get("clientToken")), code))
+        if code == 0:
+            dev.properties.update(params)
+            if dev.on_message:
+                dev.on_message(topic, msg)
+    elif method == "report_reply":
+        if m.get("code") != 0:
+            log("tencent: report %s refused: code %s (%s)"
+                % (shown(m.get("clientToken")), shown(m.get("code")), shown(m.get("status"))))
+    else:
+        return False
+    return True
 
 
 def handle(dev, topic, msg):
-    """Correct the clock from the time service's answer; everything else goes to the application."""
-    if topic != ("$sys/operation/result/%s/%s" % (dev.pid, dev.ident)).encode():
+    """Data template downlink and the time service's answer; everything else goes to the application."""
+    if topic == _topic(dev, _DOWN).encode():
+        return _property(dev, topic, msg)
+    if topic != _topic(dev, _TIME).encode():
         return False
-    rtt = time.ticks_diff(time.ticks_ms(), dev.time_asked)
+    rtt = time.ticks_diff(time.ticks_ms(), _asked)
     try:
         t = json.loads(msg)
         # Midpoint of the server's receive/send times plus half the round trip, in ms (as the Python SDK).

@@ -10,7 +10,7 @@ import hashlib
 import json
 import random
 
-from dynreg import ConfigError, DynregError, crypto, http, log, net
+from dynreg import ConfigError, DynregError, crypto, http, log, net, shown
 
 
 def _b64(data):
@@ -89,7 +89,7 @@ def parse_reply(body, secret):
         r = reply.get("Response") or reply  # the current protocol, else legacy (code, message, payload, len)
         err = r.get("Error") or (r.get("code") and r)
         if err:
-            err = "%s: %s" % (err.get("Code", err.get("code")), err.get("Message", err.get("message")))
+            err = "%s: %s" % (shown(err.get("Code", err.get("code"))), shown(err.get("Message", err.get("message"))))
     except (ValueError, RuntimeError, AttributeError):  # not JSON, too deep, or not JSON objects
         raise DynregError("tencent: reply is not a JSON object")
     if err:
@@ -104,9 +104,10 @@ def register(st, name, ctx):
         for ch in v:  # ids are spliced into JSON and topics
             if not ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in "-_:.@"):
                 raise ConfigError("tencent: %r has a character outside [A-Za-z0-9-_:.@]" % v)
-    secret = st.need("prod_secret").encode()
+    secret = st.secret("prod_secret")
     host = st.text("reg_host", "ap-guangzhou.gateway.tencentdevices.com")
     port = st.int("reg_port", 80 if ctx is None else 443)
+    until = net.deadline(st.int("reg_timeout_ms", 30000))  # the whole exchange, however slow the server
     ts = net.unix_time()
     nonce = random.getrandbits(31)
     headers = [("Content-Type", "application/json; charset=utf-8")]
@@ -121,7 +122,7 @@ def register(st, name, ctx):
         headers += [("X-TC-Algorithm", method), ("X-TC-Timestamp", ts), ("X-TC-Nonce", nonce),
                     ("X-TC-Signature", sign_request(secret, host, path, method, ts, nonce, body.encode()))]
     log("tencent: POST http%s://%s:%d%s" % ("" if ctx is None else "s", host, port, path))
-    status, reply = http.post(host, port, path, headers, body.encode(), ctx)
+    status, reply = http.post(host, port, path, headers, body.encode(), ctx, until)
     if status != 200:
         raise DynregError("tencent: HTTP status %d" % status)
     return credentials(parse_reply(reply, secret))

@@ -1,0 +1,252 @@
+"""The "dynreg" NVS namespace on the host side: every key, its type, whether it is secret, the limits.
+
+One source for provision, sim, flash, the tests and docs/nvs-keys.md (`python -m
+tools.factory.nvs_schema --doc` writes that page). The firmware keeps its own copy of
+NULL_SECRETS (device code cannot import host code); host_tests/test_nvs_schema.py checks that
+copy and every key the firmware reads against this module, so the two cannot drift.
+
+Types, as the device reads them (MicroPython's esp32.NVS has only i32 and blob):
+- TEXT    a UTF-8 blob; settings give a string, a CSV cell is the text itself;
+- BINARY  a blob of bytes (DER certificates and keys); settings give {"file": path}, a CSV cell
+          names the file (PEM converted to DER);
+- I32     a signed 32-bit integer; settings give an int, a CSV cell a decimal or 0x-hex number.
+SECRET keys are never shown by a tool: not in errors, not in `flash show`.
+check_value() is the one type check for settings and batch files alike; its messages name the
+key and never hold the value.
+"""
+import argparse
+import difflib
+import re
+import sys
+
+from tools.platforms import PLATFORMS  # the firmware's list (dynreg/flow.py)
+
+NAMESPACE = "dynreg"
+MAX_KEY_BYTES = 15  # ESP-IDF NVS_KEY_NAME_MAX_SIZE - 1
+MAX_BLOB = 4096  # firmware/lib/dynreg/store.py grows its read buffer up to this
+PARTITION_SIZE = 0x6000  # nvs of MicroPython's default partition table (boards/<BOARD>/board.json)
+# Values of an identity key that mean "not registered yet" (Tencent's C and Python SDK sentinels);
+# firmware/lib/dynreg/store.py NULL_SECRETS is the device's copy.
+NULL_SECRETS = (b"", b"YOUR_DEVICE_SECRET", b"YOUR_IOT_PSK", b"YOUR_DEVICE_CERT_FILE_NAME",
+                b"YOUR_DEVICE_PRIVATE_KEY_FILE_NAME")
+
+TEXT, BINARY, I32 = "text", "binary", "i32"
+FACTORY, REGISTRATION = "factory", "registration"
+
+
+class Key:
+    """One NVS key: name, type, secret-class, who writes it, default, meaning."""
+
+    def __init__(self, name, kind, meaning, default="—", secret=False, written=FACTORY):
+        self.name, self.kind, self.meaning, self.default = name, kind, meaning, default
+        self.secret, self.written = secret, written
+
+    @property
+    def nvs_type(self):
+        return "i32" if self.kind == I32 else "blob"
+
+
+KEYS = (
+    Key("platform", TEXT, "`tencent`, `ucloud` or `protco`", "required"),
+    Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
+    Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
+    Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
+    Key("ca", BINARY, "DER of the CA that signs the cloud's server certificates (empty in a batch file or "
+                      "settings: the platform's own, tools/factory/ca/, when the hosts are the platform's)",
+        "required with TLS"),
+    Key("tls", I32, "1: TLS, server verified against `ca` with `server_hostname`; 0: plain TCP (only if set)", "1"),
+    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid", "required"),
+    Key("prod_secret", TEXT, "the product secret shared by the whole product line", "required to register",
+        secret=True),
+    Key("dev_name", TEXT, "device name / DeviceSN / Protco unique id", "hex of the Wi-Fi MAC"),
+    Key("dev_secret", TEXT, "the device's own secret (Tencent psk, UCloud password, Protco secret); null = "
+                            "register", secret=True, written=REGISTRATION),
+    Key("dev_cert", BINARY, "Tencent certificate products: client certificate (DER)", secret=True,
+        written=REGISTRATION),
+    Key("dev_key", BINARY, "Tencent certificate products: client private key (DER)", secret=True,
+        written=REGISTRATION),
+    Key("dev_id", TEXT, "identity marker: the platform and device name the stored identity belongs to, written "
+                        "after it; with it and no identity the NVS is damaged (no new registration)",
+        written=REGISTRATION),
+    Key("reg_host", TEXT, "Tencent registration host", "`ap-guangzhou.gateway.tencentdevices.com`"),
+    Key("reg_port", I32, "Tencent registration port", "443 (80 plain)"),
+    Key("reg_api", TEXT, "Tencent: `device` (`/device/register`) or `legacy` (`/register/dev`)", "`device`"),
+    Key("reg_timeout_ms", I32, "how long one registration exchange may take, in all (ms)", "30000"),
+    Key("sign_method", TEXT, "Tencent `hmacsha256`/`hmacsha1`; Protco `hmacSha256`/`hmacSha1`", "sha256"),
+    Key("mqtt_host", TEXT, "MQTT broker", "the platform's"),
+    Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain)"),
+    Key("keepalive_s", I32, "MQTT keepalive (seconds; within the platform's range)", "60"),
+    Key("max_msg", I32, "largest MQTT message the device accepts (bytes)", "4096"),
+    Key("ack_ms", I32, "how long `publish(qos=1)` waits for the broker's PUBACK (ms)", "5000"),
+    Key("login_ttl", I32, "Tencent MQTT login validity (seconds; expiry = now + ttl)", "3600"),
+    Key("retry_ms", I32, "back-off base (ms)", "2000"),
+    Key("retry_max_ms", I32, "back-off cap (ms)", "300000"),
+    Key("max_tries", I32, "attempts before giving up (0 = never)", "0"),
+    Key("jitter_ms", I32, "start-up jitter: wait a random 0..`jitter_ms` before the first attempt of each boot, so "
+                          "a fleet that loses power together does not return in the same second", "0"),
+    Key("forget_prod", I32, "1: erase `prod_secret` after the first successful login, so a board captured later "
+                            "cannot reveal the secret of its whole product line (a lost device secret then needs "
+                            "re-provisioning)", "0"),
+    Key("report_s", I32, "the application's report interval (seconds)", "the application's"),
+    Key("report_count", I32, "reports before the application stops (0 = forever)", "the application's"),
+    Key("region", TEXT, "UCloud region when `mqtt_host` is unset (`mqtt-<region>.iot.ucloud.cn`)", "`cn-sh2`"),
+    Key("barcode", TEXT, "Protco: barcode sent with the registration"),
+    Key("replace_pid", TEXT, "Protco: register under this other product (`replacePid`)"),
+    Key("replace_sec", TEXT, "Protco: the secret of `replace_pid`", secret=True),
+    Key("dev_uuid", TEXT, "Protco: the uuid the cloud assigned", written=REGISTRATION),
+    Key("dev_pid", TEXT, "Protco: the pid the cloud assigned", written=REGISTRATION),
+)
+BY_NAME = dict((k.name, k) for k in KEYS)
+SECRET_KEYS = tuple(k.name for k in KEYS if k.secret)
+IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real value = registered
+# The hosts each platform's devices dial by default, and the domain its own hosts are under.
+PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in"}
+
+
+class SchemaError(ValueError):
+    """A key or value that does not fit the schema; the message names the key, never the value."""
+
+
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
+
+
+def label(name, position=None):
+    """How a message names a key: quoted if it is one dynreg reads or looks like a key (snake_case), else
+    by its position only (a header row lost above the data makes a secret a "key")."""
+    if name in BY_NAME or (isinstance(name, str) and _SNAKE.fullmatch(name)):
+        return "key %r" % name
+    return "key #%d" % position if position else "a key"
+
+
+def check_name(name, what="key", position=None):
+    """Raise SchemaError unless `name` is a usable NVS key (`what` prefixes the message)."""
+    if not isinstance(name, str) or not name:
+        raise SchemaError("%s: NVS keys are non-empty strings" % what)
+    size = len(name.encode())
+    if size > MAX_KEY_BYTES:
+        raise SchemaError("%s%s is %d bytes; NVS keys are at most %d"
+                          % (what + " " if what != "key" else "", label(name, position), size, MAX_KEY_BYTES))
+
+
+def declared(header, position=None):
+    """(name, kind) of a key as written in a settings file or batch header: "name" or "name:type".
+
+    ":i32", ":blob" (text) and ":file" (binary, from a file) declare a key dynreg does not read,
+    for the application's own use; a known key keeps its schema type.
+    """
+    name, _, kind = header.strip().partition(":")
+    name, kind = name.strip(), kind.strip()
+    check_name(name, "key", position)
+    if not kind:
+        if name not in BY_NAME:
+            near = difflib.get_close_matches(name, list(BY_NAME), 1)
+            raise SchemaError("%s is not one dynreg reads%s; to store a key of your own, declare its type: "
+                              "name:blob, name:i32 or name:file" % (label(name, position),
+                                                                     " (did you mean %r?)" % near[0] if near else ""))
+        return name, BY_NAME[name].kind
+    kinds = {"i32": I32, "blob": TEXT, "text": TEXT, "file": BINARY}
+    if kind not in kinds:
+        raise SchemaError("%s: the type after ':' must be i32, blob or file" % label(name, position))
+    if name in BY_NAME and (kinds[kind] == I32) != (BY_NAME[name].kind == I32):
+        raise SchemaError("%s: dynreg reads it as %s" % (label(name, position), BY_NAME[name].nvs_type))
+    return name, kinds[kind] if name not in BY_NAME else BY_NAME[name].kind
+
+
+def _describe(value):
+    """The kind of a settings value, for messages (never the value itself)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    return "a %s" % type(value).__name__
+
+
+def check_value(name, kind, value):
+    """Raise SchemaError unless a settings value fits its key's type (the message never holds the value).
+
+    TEXT takes a string (or bytes, library use), I32 an int in range, BINARY {"file": path} or bytes.
+    """
+    if kind == I32:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SchemaError("%s must be an integer (dynreg reads it as i32), not %s" % (name, _describe(value)))
+        if not -(2 ** 31) <= value < 2 ** 31:
+            raise SchemaError("%s does not fit in an i32" % name)
+        return
+    if isinstance(value, (bytes, bytearray)):
+        pass
+    elif kind == TEXT and not isinstance(value, str):
+        raise SchemaError("%s must be text (dynreg reads it as a text blob), not %s" % (name, _describe(value)))
+    elif kind == BINARY and not (isinstance(value, dict) and set(value) == {"file"}
+                                 and isinstance(value["file"], str)):
+        raise SchemaError('%s must be {"file": "path"} (a binary blob, e.g. a PEM or DER file), not %s'
+                          % (name, _describe(value)))
+    # dynreg's Store reads its own keys up to MAX_BLOB; an application's keys are its business
+    if name in BY_NAME and isinstance(value, (str, bytes, bytearray)) and \
+            len(value.encode() if isinstance(value, str) else value) > MAX_BLOB:
+        raise SchemaError("%s is %d bytes; the device reads blobs up to %d"
+                          % (name, len(value.encode() if isinstance(value, str) else value), MAX_BLOB))
+
+
+def is_null(value):
+    """True if an identity value means "not registered yet" (the firmware's is_null())."""
+    return value is None or (isinstance(value, bytes) and value.strip() in NULL_SECRETS)
+
+
+def own_host(platform, host):
+    """True if `host` (None: the firmware's default) is one of the platform's own servers."""
+    suffix = PLATFORM_DOMAINS.get(platform)
+    return bool(suffix) and (host is None or ("." + host.lower().rstrip(".")).endswith(suffix))
+
+
+# --------------------------------------------------------------------------- docs/nvs-keys.md
+
+def markdown():
+    """docs/nvs-keys.md, generated from KEYS."""
+    lines = [
+        "# NVS keys",
+        "",
+        "<!-- generated by `python -m tools.factory.nvs_schema --doc` from tools/factory/nvs_schema.py; "
+        "do not edit -->",
+        "",
+        "Namespace `%s`. MicroPython reads only `i32` and blob entries, so text is stored as UTF-8 blobs and "
+        "binary values (certificates, keys) as DER blobs. Keys are at most %d bytes; the device reads blobs of "
+        "up to %d bytes; the default NVS partition is %#x bytes." % (NAMESPACE, MAX_KEY_BYTES, MAX_BLOB,
+                                                                      PARTITION_SIZE),
+        "",
+        "| key | type | meaning | default | written by | secret |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k in KEYS:
+        kind = {TEXT: "blob (text)", BINARY: "blob (binary)", I32: "i32"}[k.kind]
+        lines.append("| `%s` | %s | %s | %s | %s | %s |" % (k.name, kind, k.meaning, k.default, k.written,
+                                                          "yes" if k.secret else ""))
+    lines += [
+        "",
+        "Secret keys are never shown by the tools (errors, `tools/factory/flash.py show`) and files holding them are "
+        "created 0600.",
+        "An identity key (`%s`) holding one of the null values (%s) means \"not registered yet\"."
+        % ("`, `".join(IDENTITY_KEYS), ", ".join("`%s`" % v.decode() if v else "empty" for v in NULL_SECRETS)),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The dynreg NVS schema: write docs/nvs-keys.md.")
+    parser.add_argument("--doc", metavar="PATH", nargs="?", const="docs/nvs-keys.md",
+                        help="write the key table (default docs/nvs-keys.md); without it, print it")
+    args = parser.parse_args(argv)
+    if args.doc:
+        with open(args.doc, "w", encoding="utf-8") as f:
+            f.write(markdown())
+    else:
+        sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
