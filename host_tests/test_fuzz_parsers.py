@@ -710,7 +710,9 @@ def check_against(name, ref, *args):
     """The firmware's outcome for the case must be the reference's."""
     out = check(name, *args)
     want = expected(ref, *args)
-    assert out == want, (name, args, out, want)
+    # the same message, up to the server's own text (which the firmware escapes for the log)
+    assert out == want or (want.startswith("DynregError") and _fixed(out) == _fixed(want) != out), (
+        name, args, out, want)
 
 
 # --------------------------------------------------------------------------- the properties (CPython)

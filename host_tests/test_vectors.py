@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from host_tests.conftest import INTERPS, REPO, run_on_device
+from host_tests.conftest import INTERPS, run_on_device
 from host_tests.test_fuzz_parsers import DRIVER, SECRET, D, enc, packet, publish, ref_mqtt_packet
 from tools.cloud.protco import sign as protco_sign
 from tools.cloud.tencent import encrypt_payload, legacy_signature, register_signature
@@ -318,44 +318,6 @@ def test_mqtt_packet_lengths():
     assert bytes(D["mqtt"].subscribe(7, ("a/b", "c"))) == b"\x82\x0c\x00\x07\x00\x03a/b\x00\x00\x01c\x00"
 
 
-def _login(values, data, ctx=None, host="default.example"):
-    """mqtt.login over a recording stream -> (open_socket arguments, result or DynregError, stream)."""
-    seen = []
-    s = D["Stream"](data)
-    st = D["Store"](values)
-    try:
-        result = D["_patched"](D["net"], "open_socket", lambda *a: seen.append(a) or s, lambda: D["mqtt"].login(
-            st, ctx, host, "cid", "user", "pw", timeout=3))
-    except D["DynregError"] as e:
-        result = e
-    return seen, result, s
-
-
-def test_mqtt_login_broker_and_connack():
-    ctx = object()
-    for values, use_ctx, want in (({}, False, ("default.example", 1883)), ({}, True, ("default.example", 8883)),
-                                  ({"mqtt_host": "b.example", "mqtt_port#": 1999}, True, ("b.example", 1999))):
-        seen, result, s = _login(values, CONNACK, ctx if use_ctx else None)
-        assert seen == [want + ((ctx if use_ctx else None), 3)] and result == (s, want[0], want[1]), values
-        assert not s.closed
-    for ack, msg in ((b"\x20\x02\x00\x05", "mqtt: broker refused the login (CONNACK return code 5)"),
-                     (b"\x20\x02\x00\x01", "mqtt: broker refused the login (CONNACK return code 1)"),
-                     (b"\x20\x02\x00", "mqtt: no CONNACK from the broker"),
-                     (b"\x21\x02\x00\x00", "mqtt: no CONNACK from the broker"),
-                     (b"\x20\x03\x00\x00", "mqtt: no CONNACK from the broker"), (b"", "mqtt: no CONNACK from the broker")):
-        seen, result, s = _login({}, ack)
-        assert str(result) == msg and s.closed, (ack, result)
-
-
-def test_mqtt_connect_hands_the_session_to_umqtt(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "build" / "deps" / "frozen"))
-    s = D["Stream"](CONNACK)
-    st = D["Store"]({"mqtt_port#": 1999})
-    c = D["_patched"](D["net"], "open_socket", lambda *a: s, lambda: D["mqtt"].connect(st, None, "h.example", "cid",
-                                                                                      "user", "pw"))
-    assert (c.sock, c.client_id, c.server, c.port, c.keepalive) == (s, "cid", "h.example", 1999, 60)
-
-
 def test_mqttreg_reply_topics_and_payloads(capsys):
     reply = D["mqttreg"].reply
     long_topic = b"t/" + b"x" * 298  # a topic length with a high byte (300 = 0x012C)
@@ -365,26 +327,6 @@ def test_mqttreg_reply_topics_and_payloads(capsys):
     for payload in (b"[1]", b"1", b'"x"', b"null", b"{", b""):
         assert reply(0x30, b"\x00\x07t/reply" + payload, b"t/reply") is None, payload
         assert capsys.readouterr().out == "dynreg: ignoring a reply that is not a JSON object\n"
-
-
-def test_mqttreg_exchange_ends_on_a_socket_timeout(capsys):
-    """The socket's own timeout ends the wait at once: one read, the DynregError naming the wait, closed."""
-    class TimedOut(D["Stream"]):
-        reads = 0
-
-        def read(self, n=-1):
-            self.reads += 1
-            raise OSError(110)
-
-    s = TimedOut(b"")
-    with pytest.raises(D["DynregError"], match="^no registration reply within 5000 ms$"):
-        D["_patched"](D["mqttreg"], "os", D["FakeOs"], lambda: D["mqttreg"].exchange(s, "t", "t/reply", "id", {}))
-    assert s.reads == 1 and s.closed
-    # a reply for another request is logged and skipped; the wanted one is returned
-    s = D["Stream"](publish(b"t/reply", b'{"id": "other"}') + publish(b"t/reply", ('{"id": "%s"}' % RID).encode()))
-    assert D["_patched"](D["mqttreg"], "os", D["FakeOs"], lambda: D["mqttreg"].exchange(
-        s, "t", "t/reply", "id", {})) == {"id": RID}
-    assert capsys.readouterr().out == "dynreg: ignoring a reply for another request\n"
 
 
 def _protco_reply(reply):
