@@ -446,8 +446,9 @@ def test_factory_image_boots_registers_and_reads_back(tmp_path, cloud, interp):
     ca.write_bytes((cloud.state / "ca.pem").read_bytes())
     secret = cloud.secret("tencent", "SIMPSK0001")
     rows = [row(prod_secret=secret, reg_port=str(cloud.ports["https"]), mqtt_port=str(cloud.ports["mqtts"]),
-                retry_ms="100", max_tries="1")] * 2
-    batch = write_batch(tmp_path / "factory" / "lot9.csv", rows, columns=COLUMNS + ["retry_ms", "max_tries"], ca=ca)
+                retry_ms="100", max_tries="1", report_count="1")] * 2
+    batch = write_batch(tmp_path / "factory" / "lot9.csv", rows,
+                        columns=COLUMNS + ["retry_ms", "max_tries", "report_count"], ca=ca)
     proc = tool("provision", batch, "--board", "sim", "--out", tmp_path / "images")
     assert proc.returncode == 0, proc.stderr
     factory = tmp_path / "images" / "lot9.bin"
