@@ -506,7 +506,7 @@ def ref_json_object(text):
 def ref_decrypt(payload, length):
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    if not isinstance(payload, str) or not isinstance(length, int) or length <= 0:
+    if not isinstance(payload, str) or type(length) is not int or length <= 0:  # true is no length
         raise Refused("tencent: reply lacks a Payload string and a positive Len")
     data = ref_b64(payload, "tencent: Payload")
     if length > len(data) or len(data) % 16:
@@ -717,7 +717,9 @@ def check_against(name, ref, *args):
     """The firmware's outcome for the case must be the reference's."""
     out = check(name, *args)
     want = expected(ref, *args)
-    assert out == want, (name, args, out, want)
+    # the same message, up to the server's own text (which the firmware escapes for the log)
+    assert out == want or (want.startswith("DynregError") and _fixed(out) == _fixed(want) != out), (
+        name, args, out, want)
 
 
 # --------------------------------------------------------------------------- the properties (CPython)
@@ -729,8 +731,17 @@ def test_b64decode(text):
     check_against("b64decode", lambda t: ref_b64(t, "value"), text)
 
 
+PEM_OK = pem(base64.b64encode(b"\x30\x03\x02\x01\x05").decode())
+
+
 @FUZZ
 @given(pem_text | pem_text.map(str.encode) | st.binary(max_size=60))
+@example(PEM_OK)  # a block at offset 0
+@example("junk\n" + PEM_OK)
+@example(PEM_OK.replace("\n", "\r\n"))
+@example("-----BEGIN X-----END X-----")  # no line break after BEGIN
+@example("-----BEGIN X\nMDEy\n")  # no END
+@example("MDEy\n-----END X-----\n")  # no BEGIN
 def test_pem_to_der(text):
     check_against("pem_to_der", ref_pem, text)
 
@@ -743,6 +754,10 @@ def test_decrypt_payload(pl):
 
 @FUZZ
 @given(info | json_value.filter(lambda v: isinstance(v, dict)))
+@example({"encryptionType": 1, "clientCert": PEM_OK, "clientKey": PEM_OK.replace("MAMCAQU=", "MAMCAQY=")})
+@example({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="})
+@example({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2Rl"})  # 15 bytes
+@example({"encryptionType": 2.0, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="})
 def test_credentials(i):
     check_against("credentials", ref_credentials, i)
 
@@ -753,6 +768,7 @@ DEEP = b"[" * 3000  # nesting: CPython's json recurses (RecursionError), MicroPy
 @FUZZ
 @given(reply_body)
 @example(DEEP)
+@example(b'{"code": 0, "payload": "xtMxyIb1MRae", "len": true}')  # a boolean Len (an int to CPython)
 @example(b'{"Response": {"Error": [1]}}')
 def test_tencent_reply(body):
     check_against("tencent_reply", ref_tencent_reply, body)
@@ -785,6 +801,7 @@ def _head(n):
 @example(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcd")
 @example(b"HTTP/1.1 200 OK\r\ncontent-length:  7 \r\n\r\nabcdefg")
 @example(b"HTTP/1.1 200\r\n\r\nok")  # no reason phrase
+@example(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok")  # bare LF line ends
 @example(b"ICY 200 OK\r\n\r\nok")  # not HTTP
 def test_read_reply(data):
     check_against("read_reply", ref_http, data)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from host_tests.conftest import INTERPS, REPO, run_on_device
+from host_tests.conftest import INTERPS, run_on_device
 from host_tests.test_fuzz_parsers import DRIVER, SECRET, D, enc, packet, publish, ref_mqtt_packet
 from tools.cloud.protco import sign as protco_sign
 from tools.cloud.tencent import encrypt_payload, legacy_signature, register_signature
@@ -150,6 +150,9 @@ def test_sign_method_names():
 # (tools/cloud, written from the platforms' docs separately from the firmware): one source of truth
 # each side, meeting only on the wire.
 
+OPENED = []  # (host, port, ctx, timeout) of each connection _send's registrations opened
+
+
 def _send(platform, values, reply=b"", name="dev1", ctx=None):
     """Run `platform`_reg.register over a recording stream -> (bytes written, result or DynregError)."""
     class Rec(D["Stream"]):
@@ -164,7 +167,7 @@ def _send(platform, values, reply=b"", name="dev1", ctx=None):
                          **values))
     reg = D[platform + "_reg"]
     try:
-        result = D["_patched"](D["net"], "open_socket", lambda *a, **k: s, lambda: D["_patched"](
+        result = D["_patched"](D["net"], "open_socket", lambda *a: OPENED.append(a) or s, lambda: D["_patched"](
             D["mqttreg"], "os", D["FakeOs"], lambda: reg.register(st, name, ctx)))
     except D["DynregError"] as e:
         result = e
@@ -184,7 +187,7 @@ def _tencent_reply(plain):
 
 
 @pytest.mark.parametrize("method", ["hmacsha256", "hmacsha1"])
-def test_tencent_request_is_signed(method):
+def test_tencent_request_is_signed(method, capsys):
     reply = _tencent_reply(json.dumps({"encryptionType": 2, "psk": "MDEyMzQ1Njc4OWFiY2RlZg=="}).encode())
     raw, result = _send("tencent", {"sign_method": method.upper()}, reply)
     assert result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
@@ -199,6 +202,13 @@ def test_tencent_request_is_signed(method):
     # over TLS the default port is 443, which the Host header leaves out
     raw, result = _send("tencent", {}, reply, ctx=True)
     assert _http_request(raw)[1]["Host"] == "localhost" and result == [("dev_secret", b"MDEyMzQ1Njc4OWFiY2RlZg==")]
+    assert capsys.readouterr().out.splitlines() == ["dynreg: tencent: POST http://localhost:80/device/register",
+                                                    "dynreg: tencent: POST https://localhost:443/device/register"]
+    raw, _ = _send("tencent", {"reg_host": ""}, reply)  # the platform's gateway by default
+    assert _http_request(raw)[1]["Host"] == "ap-guangzhou.gateway.tencentdevices.com"
+    # the nonce is 31 random bits: of 64 requests, all below 2**31 and not all below 2**30 (false failure: 2**-64)
+    nonces = [int(_http_request(_send("tencent", {}, reply)[0])[1]["X-TC-Nonce"]) for _ in range(64)]
+    assert max(nonces) < 2 ** 31 and max(nonces) >= 2 ** 30 and min(nonces) >= 0
 
 
 def test_tencent_legacy_request_and_refusals():
@@ -213,7 +223,7 @@ def test_tencent_legacy_request_and_refusals():
     for pid, name in (("pid1", "dev 1"), ("pid/1", "dev1"), ("pid1", 'dev"1')):
         raw, result = _send("tencent", {"prod_id": pid}, name=name)
         assert isinstance(result, D["crypto"].ConfigError) and raw == b"", (pid, name, result)
-    raw, result = _send("tencent", {}, name="Az09-_:.@")
+    raw, result = _send("tencent", {}, name="aAzZ09-_:.@")
     assert not isinstance(result, D["crypto"].ConfigError) and raw
 
 
@@ -261,8 +271,13 @@ def test_ucloud_request():
     fields, packets = _mqtt_session(raw)
     assert fields == ["pid1.dev1", "pid1|dev1|2", SECRET.decode()]
     assert _check_exchange(packets, b"/$system/pid1/dev1/password", UCLOUD_TOPIC, "RequestID") == {"RequestID": RID}
+    assert OPENED[-1][3] == 5  # the registration login's connection timeout (s)
+    for code in ("7", 1, None):
+        raw, result = _send("ucloud", {}, CONNACK + SUBACK + qos1(UCLOUD_TOPIC, json.dumps(
+            {"RequestID": RID, "RetCode": code, "Password": "pw-01"}).encode()))
+        assert str(result) == "ucloud: registration refused: RetCode %s" % code, result
     for name, ok in (("abc", False), ("abcd", True), ("a" * 64, True), ("a" * 65, False), ("ab cd", False),
-                     ("Az09-_@:", True), ("ab/cd", False)):
+                     ("aZzA09-_@:", True), ("ab/cd", False)):
         raw, result = _send("ucloud", {}, name=name)
         assert isinstance(result, D["crypto"].ConfigError) != ok and (raw != b"") == ok, (name, result)
 
@@ -277,6 +292,7 @@ def test_protco_request(method):
     ts = int(user.rsplit("=", 1)[1])
     assert client == "register_pid1_dev1" and user == "pid1|signMethod=%s,ts=%d" % (method, ts)
     assert abs(ts - time.time()) < 5 and password == protco_sign(SECRET.decode(), "pid1", ts, method)
+    assert OPENED[-1][3] == 5
     request = _check_exchange(packets, b"register/v2/pid1/dev1/register", PROTCO_TOPIC, "id")
     assert abs(request.pop("ts") - ts) <= 1
     assert request == {"id": RID, "code": "register", "ack": 1,
@@ -302,39 +318,33 @@ def test_mqtt_packet_lengths():
     assert bytes(D["mqtt"].subscribe(7, ("a/b", "c"))) == b"\x82\x0c\x00\x07\x00\x03a/b\x00\x00\x01c\x00"
 
 
-def _login(values, data, ctx=None, host="default.example"):
-    """mqtt.login over a recording stream -> (open_socket arguments, result or DynregError, stream)."""
-    seen = []
-    s = D["Stream"](data)
-    st = D["Store"](values)
-    try:
-        result = D["_patched"](D["net"], "open_socket", lambda *a: seen.append(a) or s, lambda: D["mqtt"].login(
-            st, ctx, host, "cid", "user", "pw", timeout=3))
-    except D["DynregError"] as e:
-        result = e
-    return seen, result, s
+def test_mqttreg_reply_topics_and_payloads(capsys):
+    reply = D["mqttreg"].reply
+    long_topic = b"t/" + b"x" * 298  # a topic length with a high byte (300 = 0x012C)
+    assert reply(0x30, (300).to_bytes(2, "big") + long_topic + b'{"a": 1}', long_topic) == {"a": 1}
+    assert reply(0x30, b"\x00\x07t/other{}", b"t/reply") is None
+    assert capsys.readouterr().out == "dynreg: ignoring a message on another topic\n"
+    for payload in (b"[1]", b"1", b'"x"', b"null", b"{", b""):
+        assert reply(0x30, b"\x00\x07t/reply" + payload, b"t/reply") is None, payload
+        assert capsys.readouterr().out == "dynreg: ignoring a reply that is not a JSON object\n"
 
 
-def test_mqtt_login_broker_and_connack():
-    ctx = object()
-    for values, use_ctx, want in (({}, False, ("default.example", 1883)), ({}, True, ("default.example", 8883)),
-                                  ({"mqtt_host": "b.example", "mqtt_port#": 1999}, True, ("b.example", 1999))):
-        seen, result, s = _login(values, CONNACK, ctx if use_ctx else None)
-        assert seen == [want + ((ctx if use_ctx else None), 3)] and result == (s, want[0], want[1]), values
-        assert not s.closed
-    for ack, msg in ((b"\x20\x02\x00\x05", "mqtt: broker refused the login (CONNACK return code 5)"),
-                     (b"\x20\x02\x00\x01", "mqtt: broker refused the login (CONNACK return code 1)"),
-                     (b"\x20\x02\x00", "mqtt: no CONNACK from the broker"),
-                     (b"\x21\x02\x00\x00", "mqtt: no CONNACK from the broker"),
-                     (b"\x20\x03\x00\x00", "mqtt: no CONNACK from the broker"), (b"", "mqtt: no CONNACK from the broker")):
-        seen, result, s = _login({}, ack)
-        assert str(result) == msg and s.closed, (ack, result)
+def _protco_reply(reply):
+    return _send("protco", {}, CONNACK + SUBACK + publish(PROTCO_TOPIC, json.dumps(dict(reply, id=RID)).encode()))[1]
 
 
-def test_mqtt_connect_hands_the_session_to_umqtt(monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "build" / "deps" / "frozen"))
-    s = D["Stream"](CONNACK)
-    st = D["Store"]({"mqtt_port#": 1999})
-    c = D["_patched"](D["net"], "open_socket", lambda *a: s, lambda: D["mqtt"].connect(st, None, "h.example", "cid",
-                                                                                      "user", "pw"))
-    assert (c.sock, c.client_id, c.server, c.port, c.keepalive) == (s, "cid", "h.example", 1999, 60)
+def test_protco_reply_fields_and_refusals():
+    from host_tests.test_fuzz_parsers import PROTCO_ERRORS
+
+    assert OPENED.clear() or _protco_reply({"res": 0, "data": {"uuid": "u", "pid": "p2", "secret": "s"}}) == [
+        ("dev_pid", b"p2"), ("dev_uuid", b"u"), ("dev_secret", b"s")]
+    assert OPENED[0][:2] == ("mqtt.protco.in", 1883)  # the platform's broker unless NVS names one
+    for data, what in (({"pid": "p", "secret": "s"}, "uuid"), ({"uuid": 5, "secret": "s"}, "uuid"),
+                       ({"uuid": "u", "pid": 5, "secret": "s"}, "pid"), ({"uuid": "u", "secret": ""}, "secret"),
+                       ({"uuid": "u", "secret": ["s"]}, "secret")):
+        assert str(_protco_reply({"res": 0, "data": data})) == "protco: reply lacks " + what, data
+    assert str(_protco_reply({"res": 0, "data": "x"})) == "protco: reply holds no data"
+    for code, why in PROTCO_ERRORS.items():  # every documented res code is named
+        assert str(_protco_reply({"res": code, "msg": "m"})) == "protco: registration refused: res %d (%s)" % (
+            code, why)
+    assert str(_protco_reply({"res": "1004", "msg": "m"})) == "protco: registration refused: res 1004 (m)"

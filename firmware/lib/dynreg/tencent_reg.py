@@ -47,7 +47,8 @@ def decrypt_payload(payload, length, secret):
     """Decrypt a registration Payload (base64, AES-128-CBC, zero padding, trimmed to Len) into a dict."""
     import cryptolib
 
-    if not isinstance(payload, str) or not isinstance(length, int) or length <= 0:
+    # (a JSON true is an int to CPython, not to MicroPython: refused on both)
+    if not isinstance(payload, str) or not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise DynregError("tencent: reply lacks a Payload string and a positive Len")
     data = crypto.b64decode(payload, "tencent: Payload")
     if length > len(data) or len(data) % 16:
