@@ -19,6 +19,7 @@ from host_tests.mqttproxy import DOWN, UP, MqttProxy, packet
 from host_tests.runtimeboard import Board, tencent_plain
 from host_tests.test_cloud_tencent import Mqtt
 from tools.cloud import certs
+from tools.cloud.state import read_console_password
 
 PSK = "SIMPSK0001"
 UCLOUD = "simucloudkey0001"
@@ -33,7 +34,7 @@ def _s(text):
 def console(cloud):
     c = Mqtt(cloud.ports)
     assert c.connect("console-runtime", cloud.registry["console"]["username"],
-                     cloud.registry["console"]["password"]) == 0
+                     read_console_password(cloud.state)) == 0
     return c
 
 

@@ -20,6 +20,7 @@ import pytest
 from host_tests.conftest import REPO, start_cloud
 from host_tests.mqttproxy import DOWN, UP, MqttProxy, packet
 from host_tests.runtimeboard import Board, tencent_plain
+from tools.cloud.state import read_console_password
 
 PSK = "SIMPSK0001"
 SOAK_S = float(os.environ.get("DYNREG_SOAK_S", "30"))
@@ -141,7 +142,7 @@ class Soak:
 
         con = Mqtt(self.ports)
         assert con.connect("soak-console", self.registry["console"]["username"],
-                           self.registry["console"]["password"]) == 0
+                           read_console_password(self.state)) == 0
         try:
             mark = self.board.mark()
             self.settled()
