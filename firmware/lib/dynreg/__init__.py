@@ -26,10 +26,13 @@ def shown(text, limit=64):
     `limit` characters (then "...")."""
     if not isinstance(text, (bytes, bytearray)):
         text = str(text).encode()
-    out = ""
+    out = bytearray()
     for b in text[:limit]:
-        out += chr(b) if 32 <= b < 127 else "\\x%02x" % b
-    return out[:limit] + ("..." if len(out) > limit or len(text) > limit else "")
+        if 32 <= b < 127:
+            out.append(b)
+        else:
+            out.extend(b"\\x%02x" % b)
+    return out[:limit].decode() + ("..." if len(out) > limit or len(text) > limit else "")
 
 
 def connect():

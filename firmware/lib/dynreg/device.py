@@ -50,6 +50,9 @@ class Device:
     # ------------------------------------------------------------------ connection
 
     def _login(self):
+        # The lost connection's client goes first: its SSL socket is one ~520-byte block, which the new
+        # handshake needs again (Protco at 64 KiB could not reconnect while it held both).
+        self.client = None
         gc.collect()
         self.client, self.product, self.ident = self.plat.login(self.st, self.name, self.ctx, self.keepalive)
         self._sent, self._ping = time.ticks_ms(), 0
@@ -265,4 +268,5 @@ class Device:
                 self._send(b"\xe0\x00")  # DISCONNECT
             except Exception:  # noqa: closing a broken connection
                 pass
-        self.client.sock.close()
+        if self.client:  # None after a failed reconnect
+            self.client.sock.close()

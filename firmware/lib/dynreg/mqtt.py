@@ -6,6 +6,7 @@ bounded by a timeout, and TLS is verified the same way whichever umqtt.simple re
 writes QoS 0 publishes; dynreg.device reads every packet itself, bounded (read()).
 """
 
+import gc
 import struct
 
 from micropython import const
@@ -107,6 +108,7 @@ def login(ctx, host, port, client_id, user, password, keepalive=60, timeout=10):
 
 def connect(ctx, host, port, client_id, user, password, keepalive):
     """Log in (see login()) and return an umqtt.simple MQTTClient on the connection."""
+    gc.collect()  # as flow does before the login boot's imports: what umqtt.simple keeps packs low
     from umqtt.simple import MQTTClient
 
     c = MQTTClient(client_id, host, port, keepalive=keepalive)
