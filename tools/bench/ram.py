@@ -44,10 +44,11 @@ def ram(out, emu, platforms, step, verify):
             # A product's registration signature covers the product and the second (Protco: "uuid=<pid>,ts=<ts>"),
             # and the emulator gives a signature to the first device that uses it: two probes of one platform
             # in the same second would make the second one a refused reuse, not a heap measurement.
-            while int(time.time()) == last[0]:
+            while int(time.time()) <= last[0]:  # the previous probe registered at or before last[0]
                 time.sleep(0.05)
+            run = run_board(out, emu, device_settings(emu, platform, fresh_name(platform)), out / "fw", heap)
             last[0] = int(time.time())
-            return run_board(out, emu, device_settings(emu, platform, fresh_name(platform)), out / "fw", heap)
+            return run
         return probe
 
     jobs = {p: flow(p) for p in platforms}
