@@ -416,14 +416,15 @@ class _Broker:
         self.sock.close()
 
 
-def _answer(data):
-    """Read CONNECT, send `data`, end the sending side; -> (CONNECT, what came after it)."""
+def _answer(data, end=True):
+    """Read CONNECT, send `data`, end the sending side if `end`; -> (CONNECT, what came after it)."""
     def handler(conn):
         import socket
 
         connect = _recv_packet(conn)
         conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
+        if end:
+            conn.shutdown(socket.SHUT_WR)
         return connect, _rest(conn)
     return handler
 
@@ -476,7 +477,7 @@ k, body = mqtt.read(s, 100, None, net.deadline(5000))
 out(k, binascii.hexlify(body).decode())
 s.close()
 s = login("c" * 20, "u", "p" * 200, 300)
-out(s is not None)
+out(s.read(1))
 s.close()
 for i in range(6):
     login("cid", "user", "pw")
@@ -488,14 +489,14 @@ out(SEEN)
 @pytest.mark.parametrize("interp", INTERPS)
 def test_mqtt_login_broker_and_connack(interp, tmp_path):
     bad = [b"\x20\x02\x00\x01", b"\x20\x02\x00\x05", b"\x21\x02\x00\x00", b"\x20\x02\x00", b"\x20\x03\x00\x00\x00", b""]
-    handlers = [_answer(CONNACK_OK + publish(b"t/a", b"hi")), _answer(b"\x20\x02\x01\x00")]
+    handlers = [_answer(CONNACK_OK + publish(b"t/a", b"hi")), _answer(b"\x20\x02\x01\x00", False)]
     handlers += [_answer(a) for a in bad] + [_silent]
     got, _, broker = _device(interp, tmp_path, handlers, LOGIN_MAIN)
     where = "127.0.0.1:%d" % broker.port
     no_ack = "mqtt: no CONNACK from " + where
     assert got == [
         [0x30, (b"\x00\x03t/ahi").hex()],  # the stream is handed over right after the CONNACK
-        [True],  # session present is still a login
+        [None],  # session present is still a login; the stream is non-blocking
         ["mqtt: broker refused the login (CONNACK return code 1) at " + where],
         ["mqtt: broker refused the login (CONNACK return code 5) at " + where],
         [no_ack], [no_ack], [no_ack], [no_ack],  # wrong type, short, long, nothing
@@ -604,13 +605,27 @@ def test_mqtt_read_skips_an_oversized_packet_in_chunks(capsys):
             return D["Stream"].read(self, n)
 
     read = D["mqtt"].read
-    s = Rec(packet(0x32, b"x" * 600) + publish(b"t", b"ok"))
+    s = Rec(packet(0x32, b"x" * 600) + publish(b"t", b"ok"))  # the second: a 5-byte body
     s.sizes = []
     assert read(s, 10, None, None, True) == (0x32, None) and s.sizes == [1, 1, 1, 256, 256, 88]
     assert capsys.readouterr().out == "dynreg: mqtt: skipped a 600-byte packet (type 0x32) over the 10-byte limit\n"
-    assert read(s, 10, None, None, True) == (0x30, b"\x00\x01tok")  # at the limit: read, not skipped
+    assert read(s, 5, None, None, True) == (0x30, b"\x00\x01tok")  # at the limit: read, not skipped
     s = Rec(packet(0x30, b"x" * 600)[:300])
     s.sizes = []
     with pytest.raises(D["DynregError"], match="^mqtt: packet cut short$"):
         read(s, 10, None, None, True)
     assert s.sizes == [1, 1, 1, 256, 256, 256]  # 256 bytes, then the 41 left, then EOF
+
+
+def test_mqtt_read_deadline_names_the_step():
+    """Past the deadline, wherever the packet stops (first byte, length, body, skipped body), the error
+    names mqtt; a non-blocking stream gives None while nothing came."""
+    class Dry(D["Stream"]):
+        def read(self, n=-1):
+            return D["Stream"].read(self, n) or None
+
+    net, read = D["net"], D["mqtt"].read
+    for data, skip in ((b"", False), (b"\x30", False), (b"\x30\x85", False), (b"\x30\x05ab", False),
+                       (b"\x30\x20ab", True)):
+        with pytest.raises(D["DynregError"], match="^mqtt: no complete answer before the deadline$"):
+            read(Dry(data), 8, None, net.deadline(0), skip)
