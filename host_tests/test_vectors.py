@@ -629,3 +629,49 @@ def test_mqtt_read_deadline_names_the_step():
                        (b"\x30\x20ab", True)):
         with pytest.raises(D["DynregError"], match="^mqtt: no complete answer before the deadline$"):
             read(Dry(data), 8, None, net.deadline(0), skip)
+
+
+def _http_server(reply):
+    """Read one HTTP request (head, then Content-Length bytes), answer `reply` (None: never) -> the request."""
+    def handler(conn):
+        import socket
+
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += conn.recv(4096)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        while len(body) < n:
+            body += conn.recv(4096)
+        if reply is not None:
+            conn.sendall(reply)
+            conn.shutdown(socket.SHUT_WR)
+        return raw[:len(head) + 4] + body, _rest(conn)
+    return handler
+
+
+HTTP_MAIN = r'''
+from dynreg import http
+status, body = http.post("127.0.0.1", PORT, "/r", [("X-A", "1")], b"body")
+out(status, body.decode())
+for port, timeout in ((PORT, 1), (1, 10)):
+    try:
+        http.post("127.0.0.1", port, "/r", [], b"", None, None, timeout)
+    except DynregError as e:
+        out(str(e).split(" failed")[0])  # the rest is the interpreter's own wording of the refusal
+out(SEEN)
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_http_post_over_a_socket(interp, tmp_path):
+    """One POST and its reply; a server that never answers ends at the deadline; errors name http and the host."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    got, _, broker = _device(interp, tmp_path, [_http_server(ok), _http_server(None)], HTTP_MAIN)
+    host = "127.0.0.1:%d" % broker.port
+    assert got == [[200, "ok"], ["http: no complete answer before the deadline"], ["http: connect to 127.0.0.1:1"],
+                   [[["127.0.0.1", broker.port, True, 10, "http"], ["127.0.0.1", broker.port, True, 1, "http"],
+                     ["127.0.0.1", 1, True, 10, "http"]]]]
+    assert broker.seen == [(b"POST /r HTTP/1.0\r\nHost: %s\r\nContent-Length: 4\r\nX-A: 1\r\n\r\nbody" % host.encode(),
+                            b""),
+                           (b"POST /r HTTP/1.0\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % host.encode(), b"")]
