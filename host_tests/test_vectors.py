@@ -675,3 +675,15 @@ def test_http_post_over_a_socket(interp, tmp_path):
     assert broker.seen == [(b"POST /r HTTP/1.0\r\nHost: %s\r\nContent-Length: 4\r\nX-A: 1\r\n\r\nbody" % host.encode(),
                             b""),
                            (b"POST /r HTTP/1.0\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % host.encode(), b"")]
+
+
+def test_http_header_line_bound():
+    """Under a deadline a header line of 512 bytes (line feed included) is read, one of 513 refused."""
+    read_reply, until = D["http"].read_reply, D["net"].deadline(60000)
+    for n, ok in ((512, True), (513, False)):
+        s = D["Stream"](b"HTTP/1.0 200 OK\r\nX: " + b"a" * (n - 5) + b"\r\nContent-Length: 1\r\n\r\nk")
+        if ok:
+            assert read_reply(s, until) == (200, b"k")
+        else:
+            with pytest.raises(D["DynregError"], match="^http: reply headers too long or cut short$"):
+                read_reply(s, until)
