@@ -348,3 +348,342 @@ def test_protco_reply_fields_and_refusals():
         assert str(_protco_reply({"res": code, "msg": "m"})) == "protco: registration refused: res %d (%s)" % (
             code, why)
     assert str(_protco_reply({"res": "1004", "msg": "m"})) == "protco: registration refused: res 1004 (m)"
+
+
+# --------------------------------------------------------------------------- login over a real socket
+
+# Each test runs the firmware's login under both interpreters against a loopback server that speaks
+# scripted bytes, one scripted connection after another: a connection the device leaves open blocks
+# the next one's answer, so a missing close() fails the test instead of passing it.
+
+def _recv_packet(conn):
+    """One MQTT packet from the socket `conn` -> its bytes (b"" at EOF)."""
+    first = conn.recv(1)
+    if not first:
+        return b""
+    raw, n, shift = first, 0, 0
+    while True:
+        b = conn.recv(1)
+        raw += b
+        n |= (b[0] & 0x7F) << shift
+        shift += 7
+        if not b[0] & 0x80:
+            break
+    while n:
+        d = conn.recv(n)
+        assert d, "cut short"
+        raw, n = raw + d, n - len(d)
+    return raw
+
+
+def _rest(conn):
+    """Everything the peer sends until it closes (a close with our bytes unread resets the connection)."""
+    out = b""
+    while True:
+        try:
+            d = conn.recv(4096)
+        except ConnectionResetError:
+            d = b""
+        if not d:
+            return out
+        out += d
+
+
+class _Broker:
+    """A loopback server: connection i runs handlers[i](conn) and records what it returns."""
+
+    def __init__(self, handlers):
+        import socket
+        import threading
+
+        self.handlers, self.seen = handlers, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        for handler in self.handlers:
+            conn = self.sock.accept()[0]
+            conn.settimeout(20)  # a failing test ends, never hangs
+            with conn:
+                self.seen.append(handler(conn))
+
+    def close(self):
+        self.thread.join(30)
+        self.sock.close()
+
+
+def _answer(data, end=True):
+    """Read CONNECT, send `data`, end the sending side if `end`; -> (CONNECT, what came after it)."""
+    def handler(conn):
+        import socket
+
+        connect = _recv_packet(conn)
+        conn.sendall(data)
+        if end:
+            conn.shutdown(socket.SHUT_WR)
+        return connect, _rest(conn)
+    return handler
+
+
+def _silent(conn):
+    return _recv_packet(conn), _rest(conn)
+
+
+DEVICE_HEAD = r'''
+import binascii, json
+from dynreg import DynregError, mqtt, mqttreg, net
+PORT = %d
+SEEN = []
+_open = net.open_socket
+def _rec(*a):
+    SEEN.append([a[0], a[1], a[2] is None, a[3], a[4]])
+    return _open(*a)
+net.open_socket = _rec
+def out(*v):
+    print("R", json.dumps(v))
+def login(*a, **k):
+    try:
+        return mqtt.login(None, "127.0.0.1", PORT, *a, **k)
+    except DynregError as e:
+        out(str(e))
+'''
+
+
+def _device(interp, tmp_path, handlers, main):
+    """Run DEVICE_HEAD + `main` against a _Broker of `handlers` -> (R lines, other stdout lines, broker)."""
+    broker = _Broker(handlers)
+    try:
+        lines = run_on_device(interp, tmp_path, DEVICE_HEAD % broker.port + main, timeout=60).splitlines()
+    finally:
+        broker.close()
+    return [json.loads(x[2:]) for x in lines if x.startswith("R ")], [x for x in lines if not x.startswith("R ")], \
+        broker
+
+
+def _connect_bytes(client_id, user, password, keepalive):
+    """CONNECT per MQTT 3.1.1 3.1: "MQTT" level 4, flags user + password + clean session, keepalive."""
+    fields = b"".join(len(f).to_bytes(2, "big") + f for f in (client_id, user, password))
+    return packet(0x10, b"\x00\x04MQTT\x04\xc2" + keepalive.to_bytes(2, "big") + fields)
+
+
+CONNACK_OK = b"\x20\x02\x00\x00"
+LOGIN_MAIN = r'''
+s = login("cid", "user", "pw")
+k, body = mqtt.read(s, 100, None, net.deadline(5000))
+out(k, binascii.hexlify(body).decode())
+s.close()
+s = login("c" * 20, "u", "p" * 200, 300)
+out(s.read(1))
+s.close()
+for i in range(6):
+    login("cid", "user", "pw")
+login("cid", "user", "pw", timeout=1)
+out(SEEN)
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_mqtt_login_broker_and_connack(interp, tmp_path):
+    bad = [b"\x20\x02\x00\x01", b"\x20\x02\x00\x05", b"\x21\x02\x00\x00", b"\x20\x02\x00", b"\x20\x03\x00\x00\x00", b""]
+    handlers = [_answer(CONNACK_OK + publish(b"t/a", b"hi")), _answer(b"\x20\x02\x01\x00", False)]
+    handlers += [_answer(a) for a in bad] + [_silent]
+    got, _, broker = _device(interp, tmp_path, handlers, LOGIN_MAIN)
+    where = "127.0.0.1:%d" % broker.port
+    no_ack = "mqtt: no CONNACK from " + where
+    assert got == [
+        [0x30, (b"\x00\x03t/ahi").hex()],  # the stream is handed over right after the CONNACK
+        [None],  # session present is still a login; the stream is non-blocking
+        ["mqtt: broker refused the login (CONNACK return code 1) at " + where],
+        ["mqtt: broker refused the login (CONNACK return code 5) at " + where],
+        [no_ack], [no_ack], [no_ack], [no_ack],  # wrong type, short, long, nothing
+        [no_ack],  # never answers: the one-second timeout ends the wait
+        [[["127.0.0.1", broker.port, True, t, "mqtt"] for t in [10] * 8 + [1]]],
+    ]
+    want = _connect_bytes(b"cid", b"user", b"pw", 60)
+    assert broker.seen[0] == (want, b"") and broker.seen[1] == (_connect_bytes(b"c" * 20, b"u", b"p" * 200, 300), b"")
+    assert broker.seen[2:] == [(want, b"")] * 7
+
+
+CONNECT_MAIN = r'''
+c = mqtt.connect(None, "127.0.0.1", PORT, "cid", "user", "pw", 30)
+out(c.client_id, c.server, c.port, c.keepalive)
+c.publish(b"t/x", b"m")
+c.disconnect()
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_mqtt_connect_hands_the_session_to_umqtt(interp, tmp_path):
+    got, _, broker = _device(interp, tmp_path, [_answer(CONNACK_OK)], CONNECT_MAIN)
+    assert got == [["cid", "127.0.0.1", broker.port, 30]]
+    assert broker.seen == [(_connect_bytes(b"cid", b"user", b"pw", 30), publish(b"t/x", b"m") + b"\xe0\x00")]
+
+
+def _registrar(*replies):
+    """CONNACK, then the SUBSCRIBE and PUBLISH, then replies(request id) -> (SUBSCRIBE, PUBLISH, rest)."""
+    def handler(conn):
+        import socket
+
+        _recv_packet(conn)
+        conn.sendall(CONNACK_OK)
+        sub, pub = _recv_packet(conn), _recv_packet(conn)
+        rid = json.loads(pub[2 + 2 + len(b"t/req"):])["id"]
+        for r in replies:
+            conn.sendall(r(rid))
+        if replies:
+            conn.shutdown(socket.SHUT_WR)
+        return sub, pub, _rest(conn)
+    return handler
+
+
+EXCHANGE_MAIN = r'''
+for timeout_ms in (300, 5000, 5000, 5000):
+    try:
+        out(mqttreg.exchange(login("cid", "u", "p"), "t/req", "t/reply", "id", {"a": 1}, net.deadline(60000),
+                             timeout_ms))
+    except DynregError as e:
+        out(str(e))
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_mqttreg_exchange_ends_on_a_socket_timeout(interp, tmp_path):
+    """Silence ends the wait at the exchange's own timeout; other replies are skipped; the stream is closed
+    with a DISCONNECT whatever the end."""
+    reply = lambda topic, rid: (lambda want: publish(topic, json.dumps({"id": rid or want, "v": 2}).encode()))
+    handlers = [_registrar(), _registrar(lambda rid: SUBACK, reply(b"t/other", None), reply(b"t/reply", "x"),
+                                         reply(b"t/reply", None)),
+                _registrar(lambda rid: b"\x90\x03\x00\x01\x80"), _registrar(lambda rid: SUBACK)]
+    got, logs, broker = _device(interp, tmp_path, handlers, EXCHANGE_MAIN)
+    rid = json.loads(broker.seen[1][1][9:])["id"]
+    assert got == [["no registration reply within 300 ms"], [{"id": rid, "v": 2}],
+                   ["the broker refused the subscription to t/reply"], ["mqtt: the broker closed the connection"]]
+    assert [x for x in logs if "ignoring" in x] == ["dynreg: ignoring a message on another topic",
+                                                    "dynreg: ignoring a reply for another request"]
+    for sub, pub, rest in broker.seen:
+        assert sub == b"\x82\x0c\x00\x01\x00\x07t/reply\x00" and rest == b"\xe0\x00"
+        request = json.loads(pub[9:])
+        assert pub[:9] == packet(0x30, b"\x00\x05t/req" + pub[9:])[:9] and request == {"a": 1, "id": request["id"]}
+        assert len(request["id"]) == 16
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_mqtt_read_remaining_lengths(interp, tmp_path):
+    """mqtt.read at each remaining-length byte-count boundary, at and past the limit, and malformed lengths;
+    the expected outcome is the reference parser's (MQTT 3.1.1 2.2.3)."""
+    from host_tests.test_fuzz_parsers import Refused, varint
+
+    cases = []
+    for n in (0, 1, 127, 128, 16383, 16384):
+        data = b"\x30" + varint(n) + b"y" * n
+        cases += [(data, n, None), (data, n - 1, None), (data[1:], n, 0x30)]
+    cases += [(b"\x30\xff\xff\xff\x7f", 100, None), (b"\x30\xff\xff\xff\xff\x01", 100, None), (b"\x30\x80", 9, None),
+              (b"\x30", 9, None), (b"", 9, None), (b"\x30\x80\x00", 9, None), (b"\x30\x05abc", 9, None),
+              (b"\x30\x82\x01" + b"z" * 130, 130, None), (b"\xff\x80\x80\x80\x00", 9, None)]
+    want = []
+    for data, limit, first in cases:
+        try:
+            want.append("ok " + D["canon"](ref_mqtt_packet(data, 0, limit, first)[:2]))
+        except Refused as e:
+            want.append("DynregError " + str(e))
+    got = _outcomes(interp, tmp_path, [("mqtt_read", [d, lim, f]) for d, lim, f in cases])
+    assert got == want
+    assert want[1] == "DynregError mqtt: 0-byte packet exceeds the -1-byte limit"  # the reference's own words
+    assert want[-9:-4] == ["DynregError mqtt: 268435455-byte packet exceeds the 100-byte limit"] + [
+        "DynregError mqtt: malformed packet"] * 3 + ["DynregError mqtt: the broker closed the connection"]
+
+
+def test_mqtt_read_skips_an_oversized_packet_in_chunks(capsys):
+    """With skip, a packet over the limit is read in 256-byte pieces and dropped; the next one is intact."""
+    class Rec(D["Stream"]):
+        def read(self, n=-1):
+            self.sizes.append(n)
+            return D["Stream"].read(self, n)
+
+    read = D["mqtt"].read
+    s = Rec(packet(0x32, b"x" * 600) + publish(b"t", b"ok"))  # the second: a 5-byte body
+    s.sizes = []
+    assert read(s, 10, None, None, True) == (0x32, None) and s.sizes == [1, 1, 1, 256, 256, 88]
+    assert capsys.readouterr().out == "dynreg: mqtt: skipped a 600-byte packet (type 0x32) over the 10-byte limit\n"
+    assert read(s, 5, None, None, True) == (0x30, b"\x00\x01tok")  # at the limit: read, not skipped
+    s = Rec(packet(0x30, b"x" * 600)[:300])
+    s.sizes = []
+    with pytest.raises(D["DynregError"], match="^mqtt: packet cut short$"):
+        read(s, 10, None, None, True)
+    assert s.sizes == [1, 1, 1, 256, 256, 256]  # 256 bytes, then the 41 left, then EOF
+
+
+def test_mqtt_read_deadline_names_the_step():
+    """Past the deadline, wherever the packet stops (first byte, length, body, skipped body), the error
+    names mqtt; a non-blocking stream gives None while nothing came."""
+    class Dry(D["Stream"]):
+        def read(self, n=-1):
+            return D["Stream"].read(self, n) or None
+
+    net, read = D["net"], D["mqtt"].read
+    for data, skip in ((b"", False), (b"\x30", False), (b"\x30\x85", False), (b"\x30\x05ab", False),
+                       (b"\x30\x20ab", True)):
+        with pytest.raises(D["DynregError"], match="^mqtt: no complete answer before the deadline$"):
+            read(Dry(data), 8, None, net.deadline(0), skip)
+
+
+def _http_server(reply):
+    """Read one HTTP request (head, then Content-Length bytes), answer `reply` (None: never) -> the request."""
+    def handler(conn):
+        import socket
+
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += conn.recv(4096)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        while len(body) < n:
+            body += conn.recv(4096)
+        if reply is not None:
+            conn.sendall(reply)
+            conn.shutdown(socket.SHUT_WR)
+        return raw[:len(head) + 4] + body, _rest(conn)
+    return handler
+
+
+HTTP_MAIN = r'''
+from dynreg import http
+status, body = http.post("127.0.0.1", PORT, "/r", [("X-A", "1")], b"body")
+out(status, body.decode())
+for port, timeout in ((PORT, 1), (1, 10)):
+    try:
+        http.post("127.0.0.1", port, "/r", [], b"", None, None, timeout)
+    except DynregError as e:
+        out(str(e).split(" failed")[0])  # the rest is the interpreter's own wording of the refusal
+out(SEEN)
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_http_post_over_a_socket(interp, tmp_path):
+    """One POST and its reply; a server that never answers ends at the deadline; errors name http and the host."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    got, _, broker = _device(interp, tmp_path, [_http_server(ok), _http_server(None)], HTTP_MAIN)
+    host = "127.0.0.1:%d" % broker.port
+    assert got == [[200, "ok"], ["http: no complete answer before the deadline"], ["http: connect to 127.0.0.1:1"],
+                   [[["127.0.0.1", broker.port, True, 10, "http"], ["127.0.0.1", broker.port, True, 1, "http"],
+                     ["127.0.0.1", 1, True, 10, "http"]]]]
+    assert broker.seen == [(b"POST /r HTTP/1.0\r\nHost: %s\r\nContent-Length: 4\r\nX-A: 1\r\n\r\nbody" % host.encode(),
+                            b""),
+                           (b"POST /r HTTP/1.0\r\nHost: %s\r\nContent-Length: 0\r\n\r\n" % host.encode(), b"")]
+
+
+def test_http_header_line_bound():
+    """Under a deadline a header line of 512 bytes (line feed included) is read, one of 513 refused."""
+    read_reply, until = D["http"].read_reply, D["net"].deadline(60000)
+    for n, ok in ((512, True), (513, False)):
+        s = D["Stream"](b"HTTP/1.0 200 OK\r\nX: " + b"a" * (n - 5) + b"\r\nContent-Length: 1\r\n\r\nk")
+        if ok:
+            assert read_reply(s, until) == (200, b"k")
+        else:
+            with pytest.raises(D["DynregError"], match="^http: reply headers too long or cut short$"):
+                read_reply(s, until)
