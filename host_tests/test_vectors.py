@@ -571,6 +571,42 @@ def test_mqttreg_exchange_ends_on_a_socket_timeout(interp, tmp_path):
         assert len(request["id"]) == 16
 
 
+BIG_MAIN = r'''
+def _small(*a):
+    s = _rec(*a)
+    s.setsockopt(1, 7, 4096)  # SOL_SOCKET, SO_SNDBUF (Linux numbers): a send buffer of a few KB, as on lwIP
+    return s
+net.open_socket = _small
+r = mqttreg.exchange(login("cid", "u", "p"), "t/req", "t/reply", "id", {"a": "x" * 300000}, net.deadline(60000))
+out(r["v"])
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_mqttreg_request_larger_than_the_socket_buffers(interp, tmp_path):
+    """The request goes out whole although the buffers are small: the write blocks while reads don't. A
+    non-blocking write would hand over only what the buffers hold (about 6 KB of the 300 KB)."""
+    import socket
+
+    def handler(conn):
+        _recv_packet(conn)
+        conn.sendall(CONNACK_OK)
+        sub, pub = _recv_packet(conn), _recv_packet(conn)
+        request = json.loads(pub[1 + 3 + 2 + 5:])  # type, a 3-byte remaining length, "t/req"
+        conn.sendall(publish(b"t/reply", json.dumps({"id": request["id"], "v": 7}).encode()))
+        return sub, request, _rest(conn)
+
+    broker = _Broker([handler])
+    broker.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # accepted connections inherit it
+    try:
+        lines = run_on_device(interp, tmp_path, DEVICE_HEAD % broker.port + BIG_MAIN).splitlines()
+    finally:
+        broker.close()
+    assert [json.loads(x[2:]) for x in lines if x.startswith("R ")] == [[7]]
+    assert broker.seen[0][1] == {"a": "x" * 300000, "id": broker.seen[0][1]["id"]}  # the whole PUBLISH
+    assert broker.seen[0][2] == b"\xe0\x00"
+
+
 @pytest.mark.parametrize("interp", INTERPS)
 def test_mqtt_read_remaining_lengths(interp, tmp_path):
     """mqtt.read at each remaining-length byte-count boundary, at and past the limit, and malformed lengths;
