@@ -667,6 +667,19 @@ def test_mqtt_read_deadline_names_the_step():
             read(Dry(data), 8, None, net.deadline(0), skip)
 
 
+
+def test_http_body_deadline_names_the_step():
+    """A reply whose body stops coming ends at the deadline, the error naming http (headers are read first)."""
+    class Dry(D["Stream"]):
+        def read(self, n=-1):
+            return D["Stream"].read(self, n) or None
+
+    for body in (b"", b"ab"):
+        s = Dry(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n" + body)
+        with pytest.raises(D["DynregError"], match="^http: no complete answer before the deadline$"):
+            D["http"].read_reply(s, D["net"].deadline(200))
+        assert s.pos == 38 + len(body)  # the headers and what came of the body were read
+
 def _http_server(reply):
     """Read one HTTP request (head, then Content-Length bytes), answer `reply` (None: never) -> the request."""
     def handler(conn):
