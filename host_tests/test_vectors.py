@@ -5,6 +5,7 @@ independent reference (the RFC text, checked against CPython's hmac), never from
 import hashlib
 import hmac
 import json
+import re
 import time
 
 import pytest
@@ -263,6 +264,21 @@ def _check_exchange(packets, topic, reply_topic, id_key):
     assert request[id_key] == RID
     return request
 
+
+
+@pytest.mark.parametrize("platform", ["ucloud", "protco"])
+def test_mqtt_registration_deadline_from_nvs(platform, monkeypatch):
+    """reg_timeout_ms bounds the whole exchange: a broker that answers CONNACK and SUBACK, then nothing."""
+    base = D["Stream"]
+
+    class Dry(base):
+        def read(self, n=-1):
+            return base.read(self, n) or None
+
+    monkeypatch.setitem(D, "Stream", Dry)  # _send's stream
+    raw, result = _send(platform, {"reg_timeout_ms#": 50}, CONNACK + SUBACK)
+    waited = re.fullmatch(r"no registration reply within (\d+) ms", str(result))
+    assert waited and int(waited.group(1)) <= 50, result  # the exchange's own 5000 ms would say 5000
 
 def test_ucloud_request():
     reply = qos1(UCLOUD_TOPIC, json.dumps({"RequestID": RID, "RetCode": 0, "Password": "pw-01"}).encode())
