@@ -228,6 +228,35 @@ def test_tencent_legacy_request_and_refusals():
     assert not isinstance(result, D["crypto"].ConfigError) and raw
 
 
+
+def test_tencent_refusal_names_code_and_message():
+    """Both reply forms' refusals carry the cloud's code and its (escaped) message."""
+    parse = D["tencent_reg"].parse_reply
+    for reply, want in (({"Response": {"Error": {"Code": "InvalidParameterValue", "Message": "no such product"},
+                                       "RequestId": "r"}}, "InvalidParameterValue: no such product"),
+                        ({"code": 1021, "message": "device has been activated"}, "1021: device has been activated"),
+                        ({"code": 1, "message": "a\nb"}, "1: a\\x0ab")):
+        with pytest.raises(D["DynregError"], match="^tencent: registration refused: %s$" % re.escape(want)):
+            parse(json.dumps(reply).encode(), SECRET)
+
+
+def test_tencent_registration_deadline_from_nvs(monkeypatch):
+    """reg_timeout_ms bounds the whole HTTP exchange: a server that sends nothing ends it that soon."""
+    base = D["Stream"]
+
+    class Dry(base):
+        def read(self, n=-1):
+            return base.read(self, n) or None
+
+        def readline(self, limit=-1):
+            return base.readline(self, limit) or None
+
+    monkeypatch.setitem(D, "Stream", Dry)  # _send's stream
+    t0 = time.monotonic()
+    raw, result = _send("tencent", {"reg_timeout_ms#": 50})
+    assert str(result) == "http: no complete answer before the deadline" and raw.startswith(b"POST ")
+    assert time.monotonic() - t0 < 5  # the default 30 s deadline would still be waiting
+
 def _mqtt_strings(body, n):
     out = []
     for _ in range(n):
