@@ -55,11 +55,12 @@ def _batch(tmp_path, **cells):
     return provision.read_batch(path)
 
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "aws"])
 def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     der = x509.load_pem_x509_certificate((CA_DIR / ("%s.pem" % platform)).read_bytes()).public_bytes(
         serialization.Encoding.DER)
-    host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn"}[platform]
+    host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn",
+            "aws": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"}[platform]
     for cells in ({}, {"ca": ""}, {"mqtt_host": host}):
         batch = _batch(tmp_path, platform=platform, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells)
         (_, entries, _), = provision.plan_images(batch, schema.PARTITION_SIZE)
@@ -70,6 +71,7 @@ def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     ({"platform": "tencent", "reg_host": "localhost"}, "the platform's own"),  # the emulator: its own CA
     ({"platform": "ucloud", "mqtt_host": "mqtt.example.com"}, "the platform's own"),
     ({"platform": "protco"}, "publishes none"),
+    ({"platform": "aws", "mqtt_host": "localhost"}, "the platform's own"),
 ])
 def test_no_shipped_ca_for_other_hosts(tmp_path, cells, why):
     batch = _batch(tmp_path, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells)
@@ -79,3 +81,11 @@ def test_no_shipped_ca_for_other_hosts(tmp_path, cells, why):
     batch = _batch(tmp_path, prod_id="P", prod_secret="s", dev_name="dev-0001", tls="0", **cells)
     (_, entries, _), = provision.plan_images(batch, schema.PARTITION_SIZE)
     assert "ca" not in entries
+
+
+def test_aws_root_is_amazon_root_ca_1():
+    """The file is the root AWS publishes, by the fingerprint amazontrust.com states for AmazonRootCA1.pem."""
+    cert = x509.load_pem_x509_certificate((CA_DIR / "aws.pem").read_bytes())
+    assert cert.fingerprint(hashes.SHA256()).hex(":").upper() == (
+        "8E:CD:E6:88:4F:3D:87:B1:12:5B:A3:1A:C3:FC:B1:3D:70:16:DE:7F:57:CC:90:4F:E1:CB:97:C6:AE:98:19:6E")
+    assert cert.subject.rfc4514_string() == "CN=Amazon Root CA 1,O=Amazon,C=US"

@@ -1,0 +1,263 @@
+"""AWS IoT Core fleet provisioning by claim: the emulator's APIs and policies over raw MQTT, AWS's own SDK
+(awsiotsdk) against it, the simulated board end to end under both interpreters (success, refusals, power
+cuts at every step, hostile brokers), and the new device parsers fuzzed against CPython oracles.
+
+Every output and the emulator's log are scanned for the claim key, the issued keys and the ownership tokens.
+"""
+
+import base64
+import hashlib
+import json
+import random
+import re
+import socket
+import ssl
+import struct
+import threading
+from concurrent.futures import Future
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from host_tests.conftest import INTERPS, REPO, RUN, WIFI, run_on_device, start_cloud
+from host_tests.secrets_scan import assert_clean
+from host_tests.test_cloud_tencent import Mqtt, _s
+from host_tests.test_faults import Board, FaultProxy, record
+from host_tests.test_hostile import HostileServer, attempt_lines, packet, pki, publish, read_packet  # noqa: F401
+from tools.cloud import certs
+from tools.factory import nvsformat
+from tools.factory.provision import pem_to_der
+
+TEMPLATE, DISABLED = "SimFleetTemplate", "SimFleetOff"
+CREATE = "$aws/certificates/create/json"
+PROVISION = "$aws/provisioning-templates/%s/provision/json"
+
+
+def provision_topics(template=TEMPLATE):
+    base = PROVISION % template
+    return [CREATE + "/accepted", CREATE + "/rejected", base + "/accepted", base + "/rejected"]
+
+
+def claim_files(cloud):
+    return (cloud.state / "aws-claim.pem").read_text(), (cloud.state / "aws-claim.key").read_text()
+
+
+def windows(der):
+    """What a DER key or token would look like in a log: hex and base64 windows of it."""
+    return {der.hex()[40:80], base64.b64encode(der).decode()[20:60]}
+
+
+def claim_secrets(cloud):
+    return windows(pem_to_der(claim_files(cloud)[1].encode(), "claim key"))
+
+
+# ------------------------------------------------------------------------------------------ over raw MQTT
+
+
+class Claim:
+    """A claim session over raw MQTT: the four reply topics subscribed back to back with a request."""
+
+    def __init__(self, cloud, tmp_path, client_id="raw-claim-01", cert=None, key=None):
+        cert_pem, key_pem = (cert, key) if cert else claim_files(cloud)
+        self.mqtt = Mqtt(cloud.ports, tls=True, cert=cert_pem, key=key_pem, tmp=tmp_path)
+        self.code = self.mqtt.connect(client_id)
+        self.subscribed = False
+
+    def request(self, topic, payload, template=TEMPLATE):
+        """Publish `payload` on `topic` (subscribing first, in the same write); return (reply topic, JSON)."""
+        m, data = self.mqtt, b""
+        if not self.subscribed:  # in one write with the request, as the firmware does (Nagle would split them)
+            m.pid += 1
+            data = packet(0x82, struct.pack("!H", m.pid) + b"".join(_s(t) + b"\x00" for t in provision_topics(template)))
+            self.subscribed = True
+        m.sock.sendall(data + packet(0x30, _s(topic) + (payload if isinstance(payload, bytes)
+                                                         else json.dumps(payload).encode())))
+        while True:
+            kind, body = m.read()
+            if kind & 0xF0 == 0x30:
+                n = struct.unpack("!H", body[:2])[0]
+                return body[2:2 + n].decode(), json.loads(body[2 + n:])
+
+    def create(self):
+        topic, reply = self.request(CREATE, {})
+        assert topic == CREATE + "/accepted", reply
+        return reply
+
+    def register(self, token, parameters, template=TEMPLATE):
+        return self.request(PROVISION % template, {"certificateOwnershipToken": token, "parameters": parameters},
+                            template)
+
+    def close(self):
+        self.mqtt.close()
+
+
+def test_claim_provisions_a_thing_that_logs_in(cloud, tmp_path):
+    """CreateKeysAndCertificate issues an RSA-2048 key and a certificate of the emulator's CA; RegisterThing
+    makes the thing from the template; that certificate then logs in as the thing, on its own topics only."""
+    claim = Claim(cloud, tmp_path)
+    assert claim.code == 0
+    created = claim.create()
+    cert = x509.load_pem_x509_certificate(created["certificatePem"].encode())
+    key = serialization.load_pem_private_key(created["privateKey"].encode(), None)
+    assert created["privateKey"].startswith("-----BEGIN RSA PRIVATE KEY-----") and key.key_size == 2048
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    ca = x509.load_pem_x509_certificate((cloud.state / "ca.pem").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert created["certificateId"] == hashlib.sha256(der).hexdigest()
+    token = created["certificateOwnershipToken"]
+    # the certificate is inactive until RegisterThing: it cannot log in yet
+    early = Mqtt(cloud.ports, tls=True, cert=created["certificatePem"], key=created["privateKey"], tmp=tmp_path)
+    assert early.connect("sim-raw-0001") == 5
+    early.close()
+    topic, reply = claim.register(token, {"SerialNumber": "raw-0001"})
+    assert topic == PROVISION % TEMPLATE + "/accepted", reply
+    assert reply == {"thingName": "sim-raw-0001", "deviceConfiguration": {"telemetry_s": "60"}}
+    # single use: the same token again is rejected
+    topic, again = claim.register(token, {"SerialNumber": "raw-0001"})
+    assert topic.endswith("/rejected") and again["errorCode"] == "InvalidCertificateOwnershipToken", again
+    # the claim policy: the provisioning topics only
+    assert claim.mqtt.subscribe("dt/sim-raw-0001/telemetry") == 0x80
+    claim.close()
+    record = cloud.devices()["aws"]["sim-raw-0001"]
+    assert record["cert_fp"] == hashlib.sha256(der).hexdigest() and record["round_trips"] == 3, record
+
+    thing = Mqtt(cloud.ports, tls=True, cert=created["certificatePem"], key=created["privateKey"], tmp=tmp_path)
+    assert thing.connect("someone-else") == 5  # client id = thing name
+    thing.close()
+    thing = Mqtt(cloud.ports, tls=True, cert=created["certificatePem"], key=created["privateKey"], tmp=tmp_path)
+    assert thing.connect("sim-raw-0001") == 0
+    assert thing.subscribe("cmd/sim-raw-0001/#") == 0 and thing.subscribe("$aws/things/sim-raw-0001/shadow/#") == 0
+    assert thing.subscribe("dt/sim-raw-0002/telemetry") == 0x80 and thing.subscribe("#") == 0x80
+    assert thing.subscribe(CREATE + "/accepted") == 0x80
+    thing.publish("dt/sim-raw-0001/telemetry", b'{"t": 1}', qos=1)
+    assert thing.ping()
+    thing.close()
+    assert cloud.devices()["aws"]["sim-raw-0001"]["activated"]
+    # once the thing has logged in, provisioning it again is refused
+    claim = Claim(cloud, tmp_path)
+    topic, reply = claim.register(claim.create()["certificateOwnershipToken"], {"SerialNumber": "raw-0001"})
+    assert topic.endswith("/rejected") and reply["statusCode"] == 409, reply
+    claim.close()
+    log = cloud.log()
+    assert_clean(log, {token, created["privateKey"].splitlines()[3]} | windows(der[:0] + key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+                 | claim_secrets(cloud), where="the emulator's log")
+
+
+@pytest.mark.parametrize("template, parameters, status, code", [
+    ("NoSuchTemplate", {"SerialNumber": "ref-0001"}, 404, "ResourceNotFound"),
+    (DISABLED, {"SerialNumber": "ref-0002"}, 403, "TemplateDisabled"),
+    (TEMPLATE, {}, 400, "InvalidParameters"),                         # SerialNumber is required
+    (TEMPLATE, {"SerialNumber": "no spaces allowed"}, 400, "InvalidParameters"),  # the template's pattern
+    (TEMPLATE, {"SerialNumber": 42}, 400, "InvalidPayload"),          # parameters are strings
+])
+def test_register_thing_refusals(cloud, tmp_path, template, parameters, status, code):
+    claim = Claim(cloud, tmp_path)
+    token = claim.create()["certificateOwnershipToken"]
+    claim.subscribed = False  # the other template's reply topics
+    topic, reply = claim.register(token, parameters, template)
+    claim.close()
+    assert topic == PROVISION % template + "/rejected", reply
+    assert (reply["statusCode"], reply["errorCode"]) == (status, code) and reply["errorMessage"], reply
+    assert not any(k.startswith("sim-ref-") for k in cloud.devices().get("aws", {}))
+
+
+def test_create_request_not_json_is_rejected(cloud, tmp_path):
+    claim = Claim(cloud, tmp_path)
+    topic, reply = claim.request(CREATE, b"not json")
+    claim.close()
+    assert topic == CREATE + "/rejected" and reply["errorCode"] == "InvalidPayload", reply
+
+
+def _self_signed(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = certs._name("not the emulator's CA")
+    cert = certs._builder(name, name, key.public_key()).sign(key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), certs._key_pem(key).decode()
+
+
+def test_wrong_claim_certificates(cloud, tmp_path):
+    """A certificate of the emulator's CA that is not the claim certificate is refused at CONNECT; one of
+    another CA fails the TLS handshake."""
+    pki_ = certs.Pki(str(cloud.state))
+    pki_.ensure()
+    cert, key, _ = pki_.issue_device_cert("not a claim")
+    claim = Claim(cloud, tmp_path, cert=cert, key=key)
+    assert claim.code == 5
+    claim.close()
+    cert, key = _self_signed(tmp_path)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError, AssertionError)):
+        Claim(cloud, tmp_path, cert=cert, key=key)
+    assert "certificate is neither the claim certificate nor a thing's" in cloud.log()
+
+
+def test_replies_go_to_the_requesting_connection_only(cloud, tmp_path):
+    """Every device subscribes to the same $aws/certificates/create/json/accepted: another claim session
+    must never hear a key that was issued to someone else."""
+    other = Claim(cloud, tmp_path, "raw-bystander")
+    other.mqtt._send(0x82, struct.pack("!H", 1) + b"".join(_s(t) + b"\x00" for t in provision_topics()))
+    assert other.mqtt.read()[0] == 0x90
+    claim = Claim(cloud, tmp_path, "raw-requester")
+    claim.create()
+    claim.close()
+    # had the reply been broadcast, it would stand before this PINGRESP on the bystander's connection
+    other.mqtt._send(0xC0, b"")
+    assert other.mqtt.read()[0] == 0xD0
+    other.close()
+
+
+# ------------------------------------------------------------------------------------------ AWS's own SDK
+
+
+def test_aws_sdk_fleet_provisioning(cloud, tmp_path):
+    """awsiotsdk's iotidentity client (AWS's own fleet provisioning code, unpatched) provisions against the
+    emulator with only the endpoint, the port and the CA redirected, and logs in with what it got."""
+    from awscrt import mqtt
+    from awsiot import iotidentity, mqtt_connection_builder
+
+    cert_pem, key_pem = claim_files(cloud)
+    (tmp_path / "claim.pem").write_text(cert_pem)
+    (tmp_path / "claim.key").write_text(key_pem)
+
+    def connect(cert, key, client_id):
+        conn = mqtt_connection_builder.mtls_from_path(
+            endpoint="localhost", port=cloud.ports["mqtts"], cert_filepath=str(cert), pri_key_filepath=str(key),
+            ca_filepath=cloud.ports["ca"], client_id=client_id, clean_session=True, keep_alive_secs=60)
+        conn.connect().result(20)
+        return conn
+
+    conn = connect(tmp_path / "claim.pem", tmp_path / "claim.key", "sdk-serial-0001")
+    identity = iotidentity.IotIdentityClient(conn)
+    created, registered = Future(), Future()
+    for subscribe, future in ((identity.subscribe_to_create_keys_and_certificate_accepted, created),
+                              (identity.subscribe_to_create_keys_and_certificate_rejected, created)):
+        sub, _ = subscribe(iotidentity.CreateKeysAndCertificateSubscriptionRequest(), mqtt.QoS.AT_LEAST_ONCE,
+                           future.set_result)
+        sub.result(20)
+    for subscribe in (identity.subscribe_to_register_thing_accepted, identity.subscribe_to_register_thing_rejected):
+        sub, _ = subscribe(iotidentity.RegisterThingSubscriptionRequest(template_name=TEMPLATE),
+                           mqtt.QoS.AT_LEAST_ONCE, registered.set_result)
+        sub.result(20)
+    identity.publish_create_keys_and_certificate(iotidentity.CreateKeysAndCertificateRequest(),
+                                                 mqtt.QoS.AT_LEAST_ONCE).result(20)
+    keys = created.result(20)
+    assert isinstance(keys, iotidentity.CreateKeysAndCertificateResponse), keys
+    identity.publish_register_thing(iotidentity.RegisterThingRequest(
+        template_name=TEMPLATE, certificate_ownership_token=keys.certificate_ownership_token,
+        parameters={"SerialNumber": "sdk-serial-0001"}), mqtt.QoS.AT_LEAST_ONCE).result(20)
+    thing = registered.result(20)
+    conn.disconnect().result(20)
+    assert isinstance(thing, iotidentity.RegisterThingResponse), thing
+    assert thing.thing_name == "sim-sdk-serial-0001" and thing.device_configuration == {"telemetry_s": "60"}
+    (tmp_path / "thing.pem").write_text(keys.certificate_pem)
+    (tmp_path / "thing.key").write_text(keys.private_key)
+    conn = connect(tmp_path / "thing.pem", tmp_path / "thing.key", thing.thing_name)
+    conn.publish("dt/%s/telemetry" % thing.thing_name, b'{"sdk": 1}', mqtt.QoS.AT_LEAST_ONCE)[0].result(20)
+    conn.disconnect().result(20)
+    record = cloud.devices()["aws"][thing.thing_name]
+    assert record["activated"] and record["logins"] == 1, record
+    assert_clean(cloud.log(), {keys.certificate_ownership_token} | windows(pem_to_der(
+        keys.private_key.encode(), "key")), where="the emulator's log")
