@@ -261,3 +261,119 @@ def test_aws_sdk_fleet_provisioning(cloud, tmp_path):
     assert record["activated"] and record["logins"] == 1, record
     assert_clean(cloud.log(), {keys.certificate_ownership_token} | windows(pem_to_der(
         keys.private_key.encode(), "key")), where="the emulator's log")
+
+
+# ------------------------------------------------------------------------------------------ the board
+
+
+def aws_settings(cloud, name, **extra):
+    """Factory settings of an AWS board: the emulator's claim certificate, its broker, its CA."""
+    s = dict(WIFI, **RUN, platform="aws", prod_id=TEMPLATE, dev_name=name, claim_cert={"file": "@cloud/aws-claim.pem"},
+             claim_key={"file": "@cloud/aws-claim.key"}, mqtt_host="localhost", mqtt_port=cloud.ports["mqtts"],
+             ca={"file": "@cloud/ca.pem"}, retry_ms=100, max_tries=1)
+    s.update(extra)
+    return s
+
+
+def nvs_of(state):
+    content = nvsformat.parse((state / "nvs.bin").read_bytes())
+    return {k: v for k, (_, v) in content.get("dynreg", {}).items()}
+
+
+def check_identity(cloud, nvs, thing):
+    """The board's NVS and the emulator's record hold the same identity, and the thing has logged in."""
+    rec = cloud.devices()["aws"][thing]
+    assert hashlib.sha256(nvs["dev_cert"]).hexdigest() == rec["cert_fp"] and nvs["thing_name"] == thing.encode()
+    key = serialization.load_der_private_key(nvs["dev_key"], None)
+    cert = x509.load_der_x509_certificate(nvs["dev_cert"])
+    assert key.public_key().public_numbers() == cert.public_key().public_numbers()
+    assert rec["activated"] and rec["logins"] >= 1, rec
+    return rec
+
+
+def test_board_registers_and_logs_in(board, cloud, interp, tmp_path):
+    """Registration boot: claim login, both APIs in three round trips, key, certificate and thing name stored;
+    login boot: the thing's certificate, three reports acknowledged on dt/<thing>/telemetry."""
+    name = "aws-ok-" + interp
+    run = board(aws_settings(cloud, name, aws_topic="dt/{thing}/telemetry"))
+    assert run.rc == 0 and run.boots == 2, run
+    thing = "sim-" + name
+    assert "dynreg: no device secret in NVS: registering aws device %r" % name in run.out
+    assert "dynreg: aws: provisioned thing %s" % thing in run.out
+    assert "registered: stored dev_key, dev_cert, thing_name in NVS; resetting" in run.out
+    assert "mqtt: connecting to mqtts://localhost:%d as %s" % (cloud.ports["mqtts"], thing) in run.out
+    assert run.out.count("sent, acknowledged") == 3, run
+    nvs = nvs_of(tmp_path / "board")
+    rec = check_identity(cloud, nvs, thing)
+    assert rec["round_trips"] == 3 and rec["registrations"] == 1, rec  # the protocol's minimum
+    assert nvs["claim_cert"] and nvs["claim_key"] and nvs["dev_id"] == b"aws/" + name.encode()
+    assert re.search(r"cloud: mqtt login %s ok \(aws certificate; device activated\)" % thing, cloud.log())
+    secrets = claim_secrets(cloud) | windows(nvs["dev_key"])
+    assert_clean(run.out, secrets, derived=True, where="the board's output")
+    assert "PRIVATE KEY" not in run.out and "PRIVATE KEY" not in cloud.log()
+
+
+@pytest.mark.parametrize("case", ["unknown template", "bad parameters", "disabled template", "wrong claim"])
+def test_board_refusals(board, cloud, interp, tmp_path, case):
+    """Each refusal is one clear line naming the API and AWS's three fields; nothing is stored."""
+    name = "aws-no-%s-%s" % (case.split()[0], interp[:2])
+    extra, words = {
+        "unknown template": ({"prod_id": "NoSuchTemplate"},
+                             "aws: registration refused: RegisterThing rejected: 404 ResourceNotFound: "),
+        "bad parameters": ({"aws_params": '{"SerialNumber": "a b"}'},
+                           "RegisterThing rejected: 400 InvalidParameters: parameter SerialNumber does not match"),
+        "disabled template": ({"prod_id": DISABLED}, "RegisterThing rejected: 403 TemplateDisabled"),
+        "wrong claim": ({"claim_cert": {"file": str(tmp_path / "other.pem")},
+                         "claim_key": {"file": str(tmp_path / "other.key")}},
+                        "mqtt: broker refused the login (CONNACK return code 5)"),
+    }[case]
+    if case == "wrong claim":  # a certificate of the right CA that is not the claim certificate
+        p = certs.Pki(str(cloud.state))
+        p.ensure()
+        cert, key, _ = p.issue_device_cert("wrong claim")
+        (tmp_path / "other.pem").write_text(cert)
+        (tmp_path / "other.key").write_text(key)
+    run = board(aws_settings(cloud, name, **extra), max_boots=1)
+    assert run.rc == 1 and run.boots == 1, run
+    (last,) = [line for line in run.out.splitlines() if "giving up after 1 attempts" in line]
+    assert words in last, run
+    nvs = nvs_of(tmp_path / "board")
+    assert not {"dev_key", "dev_cert", "thing_name", "dev_id"} & set(nvs) and nvs["claim_key"], sorted(nvs)
+
+
+def test_forget_prod_erases_the_claim_after_an_accepted_login(board, cloud, interp, tmp_path):
+    name = "aws-forget-" + interp[:2]
+    run = board(aws_settings(cloud, name, forget_prod=1))
+    assert run.rc == 0 and "aws: claim certificate and key erased from NVS (forget_prod=1)" in run.out, run
+    assert run.out.index("mqtt: logged in") > run.out.index("as sim-" + name)
+    nvs = nvs_of(tmp_path / "board")
+    assert "claim_key" not in nvs and "claim_cert" not in nvs and nvs["dev_key"], sorted(nvs)
+
+
+@pytest.fixture(scope="module")
+def ec_cloud(tmp_path_factory):
+    """A second emulator that issues EC P-256 keys (--aws-key ec256), for the lighter login."""
+    from host_tests.conftest import Cloud
+
+    state = tmp_path_factory.mktemp("cloud-ec")
+    emu = start_cloud(state, "--aws-key", "ec256")
+    yield Cloud(state, emu.ports, json.loads((REPO / "tools" / "cloud" / "registry.json").read_text()))
+    assert emu.stop() == 0
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_board_with_an_ec_key(ec_cloud, tmp_path, interp):
+    from host_tests.conftest import PYTHON, SIM_RUNNER
+    import subprocess
+
+    name = "aws-ec-" + interp[:2]
+    (tmp_path / "s.json").write_text(json.dumps(aws_settings(ec_cloud, name)))
+    out = subprocess.run([PYTHON, str(SIM_RUNNER), "--settings", str(tmp_path / "s.json"), "--interp", interp,
+                          "--state", str(tmp_path / "board"), "--cloud-state", str(ec_cloud.state), "--fresh",
+                          "--max-boots", "3"], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+    assert out.count("sent, acknowledged") == 3, out
+    nvs = nvs_of(tmp_path / "board")
+    assert isinstance(serialization.load_der_private_key(nvs["dev_key"], None), ec.EllipticCurvePrivateKey)
+    check_identity(ec_cloud, nvs, "sim-" + name)
+    assert "ec256 certificate" in ec_cloud.log()
+    assert_clean(out, claim_secrets(ec_cloud) | windows(nvs["dev_key"]), derived=True, where="the board's output")
