@@ -300,7 +300,7 @@ def test_board_registers_and_logs_in(board, cloud, interp, tmp_path):
     thing = "sim-" + name
     assert "dynreg: no device secret in NVS: registering aws device %r" % name in run.out
     assert "dynreg: aws: provisioned thing %s" % thing in run.out
-    assert "registered: stored dev_key, dev_cert, thing_name in NVS; resetting" in run.out
+    assert "registered: stored dev_key, thing_name, dev_cert in NVS; resetting" in run.out
     assert "mqtt: connecting to mqtts://localhost:%d as %s" % (cloud.ports["mqtts"], thing) in run.out
     assert run.out.count("sent, acknowledged") == 3, run
     nvs = nvs_of(tmp_path / "board")
@@ -377,3 +377,58 @@ def test_board_with_an_ec_key(ec_cloud, tmp_path, interp):
     check_identity(ec_cloud, nvs, "sim-" + name)
     assert "ec256 certificate" in ec_cloud.log()
     assert_clean(out, claim_secrets(ec_cloud) | windows(nvs["dev_key"]), derived=True, where="the board's output")
+
+
+# ------------------------------------------------------------------------------------------ power cuts
+
+
+class AwsBoard(Board):
+    """test_faults' board, its secret scan also covering the claim key."""
+
+    def secrets(self):
+        return super().secrets() | claim_secrets(self.cloud)
+
+
+def logged_once(cloud, line, done):
+    """Predicate for the proxy: true (once) when the emulator has logged `line` since now."""
+    start = len(cloud.log())
+
+    def pred():
+        if not done and line in cloud.log()[start:]:
+            done.append(True)
+            return True
+        return False
+    return pred
+
+
+# The protocol points under both interpreters; the NVS writes (the same flow code and simulated flash under
+# either) under MicroPython, except the last one, the certificate that means "registered".
+POWER_CUTS = [(when, interp) for when in ("create-reply", "register-reply", "nvs_write:3", "first-login")
+              for interp in INTERPS] + [(when, "micropython") for when in ("nvs_write:1", "nvs_write:2", "nvs_commit:1")]
+
+
+@pytest.mark.parametrize("when, interp", POWER_CUTS, ids=["%s-%s" % c for c in POWER_CUTS])
+def test_power_cut(cloud, tmp_path, interp, when):
+    """A power cut at each step of the two-step exchange and of storing its result ends provisioned and
+    logged in, the board's NVS and the emulator agreeing; a lost reply only costs a new certificate."""
+    name = "aws-pc-%s-%s" % (re.sub(r"[^a-z0-9]", "", when), interp[:2])
+    thing = "sim-" + name
+    case = record("aws-" + name, interp, 1)
+    settings = aws_settings(cloud, name, max_tries=8, retry_ms=50, retry_max_ms=400)
+    board = AwsBoard(cloud, tmp_path, interp, settings)
+    proxy = FaultProxy(cloud.ports["mqtts"])
+    if when == "create-reply":  # the key and certificate were issued; the reply never reaches the board
+        proxy.plan = [("cut_server", logged_once(cloud, "CreateKeysAndCertificate claim/%s ok" % name, []),
+                       board.power_cut)]
+    elif when == "register-reply":  # the thing exists with the new certificate; the board never hears it
+        proxy.plan = [("cut_server", logged_once(cloud, "RegisterThing claim/%s ok" % name, []), board.power_cut)]
+    elif when == "first-login":  # the thing is activated; the CONNACK never reaches the board
+        proxy.plan = ["pass", ("cut_server", logged_once(cloud, "mqtt login %s ok" % thing, []), board.power_cut)]
+    settings["mqtt_port"] = proxy.port
+    with proxy:
+        board.run(fault=when if when.startswith("nvs") else None)
+    assert "[sim] power cut" in board.out and board.rc == 0, board.out
+    rec = check_identity(cloud, board.nvs(), thing)
+    expected = {"create-reply": (1, 1), "register-reply": (2, 1), "nvs_commit:1": (1, 1), "first-login": (1, 2)}
+    assert (rec["registrations"], rec["logins"]) == expected.get(when, (2, 1)), rec
+    case["passed"] = True

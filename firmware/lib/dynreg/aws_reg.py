@@ -115,7 +115,7 @@ def parameters(st, name):
 
 
 def register(st, name, ctx):
-    """Provision the thing with the claim certificate; return the NVS items (key, certificate, thing name)."""
+    """Provision the thing with the claim certificate; return the NVS items (key, thing name, certificate)."""
     template = st.need("prod_id")
     if not _name_ok(template, "-_", 36):
         raise ConfigError("aws: template name %r must be 1-36 of A-Z a-z 0-9 - _" % template)
@@ -150,4 +150,6 @@ def register(st, name, ctx):
             pass  # the registration connection is done with either way
         s.close()
     log("aws: provisioned thing %s" % thing)
-    return [("dev_key", key), ("dev_cert", cert), ("thing_name", thing.encode())]
+    # dev_cert means "registered" to flow: it goes last, so a power cut between two writes leaves a board
+    # that registers again, never one with a certificate and no thing name to log in as
+    return [("dev_key", key), ("thing_name", thing.encode()), ("dev_cert", cert)]
