@@ -432,3 +432,105 @@ def test_power_cut(cloud, tmp_path, interp, when):
     expected = {"create-reply": (1, 1), "register-reply": (2, 1), "nvs_commit:1": (1, 1), "first-login": (1, 2)}
     assert (rec["registrations"], rec["logins"]) == expected.get(when, (2, 1)), rec
     case["passed"] = True
+
+
+# ------------------------------------------------------------------------------------------ hostile brokers
+
+
+def _issued():
+    """A key and certificate as CreateKeysAndCertificate hands them out (any CA: the board only stores them)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = certs._name("hostile-issued")
+    cert = certs._builder(name, name, key.public_key()).sign(key, hashes.SHA256())
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()).decode())
+
+
+HOSTILE_CERT, HOSTILE_KEY = _issued()
+HOSTILE_TOKEN = "HostileOwnershipToken" + "x" * 40
+GOOD = {"certificateId": "0" * 64, "certificatePem": HOSTILE_CERT, "privateKey": HOSTILE_KEY,
+        "certificateOwnershipToken": HOSTILE_TOKEN}
+REGISTER = PROVISION % TEMPLATE
+
+
+def aws_broker(create, register=None, suback=b"\x00" * 4, keep_open=False):
+    """serve(): CONNACK; the SUBSCRIBE and CreateKeysAndCertificate request; SUBACK and `create` (bytes);
+    with `register`, the RegisterThing request and `register`."""
+    def serve(srv, conn):
+        read_packet(conn)  # CONNECT
+        conn.sendall(b"\x20\x02\x00\x00")
+        kind, sub = read_packet(conn)
+        assert kind == 0x82, kind
+        kind, pub = read_packet(conn)
+        assert kind & 0xF0 == 0x30 and pub[2:2 + len(CREATE)] == CREATE.encode(), pub[:40]
+        conn.sendall(packet(0x90, sub[:2] + suback) + create)
+        if register is not None:
+            kind, pub = read_packet(conn)
+            request = json.loads(pub[2 + int.from_bytes(pub[:2], "big"):])
+            assert request["certificateOwnershipToken"] == HOSTILE_TOKEN, request
+            conn.sendall(register)
+        if keep_open:
+            srv.stop.wait(30)
+    return serve
+
+
+def accepted(**fields):
+    return publish(CREATE + "/accepted", json.dumps(dict(GOOD, **fields)))
+
+
+HOSTILE = [
+    # (name, the attempt's error, a line logged before it or None, serve)
+    ("privateKey not PEM", "aws: privateKey is not a PEM RSA PRIVATE KEY", None, aws_broker(accepted(privateKey="hi"))),
+    ("certificate with bad base64", "aws: certificatePem is not valid base64", None,
+     aws_broker(accepted(certificatePem="-----BEGIN CERTIFICATE-----\n@@@@\n-----END CERTIFICATE-----"))),
+    ("no ownership token", "reply holds no certificateOwnershipToken", None,
+     aws_broker(accepted(certificateOwnershipToken=None))),
+    ("rejected with hostile text", "registration refused: CreateKeysAndCertificate rejected: \\x1b[31m", None,
+     aws_broker(publish(CREATE + "/rejected", json.dumps({"statusCode": "\x1b[31m", "errorCode": "long code, " * 50,
+                                                           "errorMessage": "two\nlines"})))),
+    ("accepted not JSON", "CreateKeysAndCertificate reply is not a JSON object", None,
+     aws_broker(publish(CREATE + "/accepted", '{"certificatePem": "' + "x" * 10))),
+    ("oversized remaining length", "100000-byte packet exceeds the 6144-byte limit", None,
+     aws_broker(b"\x30\xa0\x8d\x06" + b"x" * 4096)),
+    ("malformed PUBLISH", "aws: malformed PUBLISH", None, aws_broker(packet(0x30, b"\x10\x00abc"))),
+    ("another topic, then closed", "the broker closed the connection", "aws: ignoring a message on $aws/other",
+     aws_broker(publish("$aws/other", "{}"))),
+    ("SUBACK 0x80", "refused a reply subscription", None, aws_broker(b"", suback=b"\x00\x00\x80\x00")),
+    ("RegisterThing rejected", "registration refused: RegisterThing rejected: 400 InvalidParameters: no",
+     None, aws_broker(accepted(), publish(REGISTER + "/rejected", json.dumps(
+         {"statusCode": 400, "errorCode": "InvalidParameters", "errorMessage": "no"})))),
+    ("thingName with a slash", "RegisterThing reply holds no usable thingName", None,
+     aws_broker(accepted(), publish(REGISTER + "/accepted", json.dumps({"thingName": "a/#", "deviceConfiguration": {}})))),
+    ("silent, kept open", "CreateKeysAndCertificate: mqtt: no complete answer before the deadline", None,
+     aws_broker(b"", keep_open=True)),  # last: the 2 s deadline
+]
+
+
+def test_hostile_brokers(board, pki, interp, tmp_path):  # noqa: F811 (pki: test_hostile's fixture)
+    """Each hostile answer is one clear error for its attempt, nothing stored, then the next attempt."""
+    (tmp_path / "claim.pem").write_text(HOSTILE_CERT)
+    (tmp_path / "claim.key").write_text(HOSTILE_KEY)
+    srv = HostileServer(pki["ctx"], [{"serve": serve} for _, _, _, serve in HOSTILE])
+    s = dict(WIFI, platform="aws", prod_id=TEMPLATE, dev_name="hostile-" + interp, ca={"file": pki["ca"]},
+             claim_cert={"file": str(tmp_path / "claim.pem")}, claim_key={"file": str(tmp_path / "claim.key")},
+             mqtt_host="localhost", mqtt_port=srv.port, retry_ms=20, retry_max_ms=100, max_tries=len(HOSTILE),
+             reg_timeout_ms=2000)
+    try:
+        run = board(s, max_boots=2, timeout=90)
+    finally:
+        srv.close()
+    assert run.rc == 1 and run.boots == 1 and srv.served == len(HOSTILE), run
+    errors = attempt_lines(run.out)
+    assert len(errors) == len(HOSTILE), run
+    pos = 0
+    for (name, words, logged, _), error in zip(HOSTILE, errors):
+        error = error.split("\n")[0]  # the last one runs on to the end of the output
+        assert words in error, (name, error)
+        if logged:
+            assert run.out.find(logged, pos) >= 0, (name, run.out)
+        pos = run.out.find(error, pos) + 1
+    assert run.out.count("Traceback") == 1 and "registered: stored" not in run.out, run
+    assert_clean(run.out, {HOSTILE_TOKEN} | windows(pem_to_der(HOSTILE_KEY.encode(), "key")), where="the board's output")
+    nvs = nvs_of(tmp_path / "board")
+    assert not {"dev_key", "dev_cert", "thing_name"} & set(nvs), sorted(nvs)
