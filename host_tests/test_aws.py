@@ -534,3 +534,235 @@ def test_hostile_brokers(board, pki, interp, tmp_path):  # noqa: F811 (pki: test
     assert_clean(run.out, {HOSTILE_TOKEN} | windows(pem_to_der(HOSTILE_KEY.encode(), "key")), where="the board's output")
     nvs = nvs_of(tmp_path / "board")
     assert not {"dev_key", "dev_cert", "thing_name"} & set(nvs), sorted(nvs)
+
+
+# ------------------------------------------------------------------------------------------ fuzzing
+
+N_FUZZ = 250  # cases per parser and interpreter
+# Runs as the board's main.py under either interpreter: one "CASE <outcome>" line per case.
+FUZZ_DRIVER = r'''
+import binascii
+import json
+
+from dynreg import DynregError, aws_reg, net
+
+
+def canon(x):
+    if isinstance(x, dict):
+        return "{" + ",".join(canon(k) + ":" + canon(x[k]) for k in sorted(x)) + "}"
+    if isinstance(x, list):
+        return "[" + ",".join(canon(v) for v in x) + "]"
+    if x is None or x is True or x is False:
+        return str(x)
+    if isinstance(x, int):
+        return "i%%d" %% x
+    return "s" + binascii.hexlify(x.encode()).decode()
+
+
+class Stream:
+    def __init__(self, data):
+        self.data, self.at = data, 0
+
+    def read(self, n):
+        d = self.data[self.at:self.at + n]
+        self.at += len(d)
+        return d
+
+
+for case in json.load(open(%r)):
+    try:
+        if case[0] == "pem":
+            labels = aws_reg.KEY_LABELS if case[2] else ("CERTIFICATE",)
+            r = "ok " + binascii.hexlify(aws_reg.pem_der(case[1], labels, "x")).decode()
+        else:
+            reply = aws_reg._reply(Stream(binascii.unhexlify(case[1])), "$aws/t", "API", net.deadline(5000))
+            r = "ok " + canon(reply)
+    except DynregError as e:
+        r = "err " + str(e)
+    print("CASE", r)
+'''
+
+
+def canon(x):
+    """The oracle's canonical text of a JSON value (the driver's, written apart)."""
+    if isinstance(x, bool) or x is None:
+        return {True: "True", False: "False", None: "None"}[x]
+    if isinstance(x, int):
+        return "i" + str(x)
+    if isinstance(x, str):
+        return "s" + x.encode().hex()
+    if isinstance(x, list):
+        return "[%s]" % ",".join(map(canon, x))
+    return "{%s}" % ",".join("%s:%s" % (canon(k), canon(v)) for k, v in sorted(x.items()))
+
+
+def pem_oracle(text, key):
+    labels = ("RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY") if key else ("CERTIFICATE",)
+    m = re.fullmatch(r"-----BEGIN ([A-Z ]+)-----(.+)-----END \1-----", text.strip(" \t\r\n"), re.S)
+    if len(text) > 6144 or not m or m.group(1) not in labels:
+        return "err pem"
+    body = re.sub(r"\r?\n", "", m.group(2))
+    try:
+        der = base64.b64decode(body, validate=True)
+    except ValueError:
+        return "err b64"
+    if not body or base64.b64encode(der).decode() != body:
+        return "err b64"
+    return "ok " + der.hex() if der[:1] == b"\x30" else "err pem"
+
+
+def shown_oracle(value, limit):
+    raw = str(value).encode()
+    text = "".join(chr(b) if 0x20 <= b <= 0x7E else "\\x%02x" % b for b in raw[:limit])
+    return text[:limit] + ("..." if len(text) > limit or len(raw) > limit else "")
+
+
+def reply_oracle(packets):
+    for first, body in packets:
+        if len(body) > 6144:
+            return "err exceeds"
+        if first == 0x90:
+            if 0x80 in body[2:]:
+                return "err subscription"
+            continue
+        if first >> 4 != 3:
+            continue
+        n = int.from_bytes(body[:2], "big") if len(body) >= 2 else 1 << 16
+        start = 2 + n + (2 if first & 6 else 0)
+        if start > len(body):
+            return "err malformed"
+        try:
+            value = json.loads(body[start:])
+        except ValueError:
+            value = None
+        value = value if type(value) is dict else None
+        topic = body[2:2 + n]
+        if topic == b"$aws/t/rejected":
+            if value is None:
+                return "err aws: registration refused: API rejected (not a JSON object)"
+            return "err aws: registration refused: API rejected: %s %s: %s" % (
+                shown_oracle(value.get("statusCode"), 8), shown_oracle(value.get("errorCode"), 40),
+                shown_oracle(value.get("errorMessage"), 80))
+        if topic == b"$aws/t/accepted":
+            return "err notjson" if value is None else "ok " + canon(value)
+    return "err closed"
+
+
+def device_kind(line):
+    """The device's outcome in the oracle's words (errors by kind, refusals and results in full)."""
+    for words, kind in (("exceeds the", "err exceeds"), ("refused a reply subscription", "err subscription"),
+                        ("malformed PUBLISH", "err malformed"), ("closed the connection", "err closed"),
+                        ("reply is not a JSON object", "err notjson"), ("not valid base64", "err b64"),
+                        ("is not a PEM", "err pem")):
+        if line.startswith("err ") and words in line:
+            return kind
+    return line
+
+
+def _ders(rng):
+    keys = [rsa.generate_private_key(65537, 1024), ec.generate_private_key(ec.SECP256R1())]
+    out = [k.private_bytes(serialization.Encoding.DER, fmt, serialization.NoEncryption()) for k in keys
+           for fmt in (serialization.PrivateFormat.TraditionalOpenSSL, serialization.PrivateFormat.PKCS8)]
+    out.append(pem_to_der(HOSTILE_CERT.encode(), "cert"))
+    return out + [bytes([rng.choice((0x30, 0x02, 0x04))]) + rng.randbytes(rng.randrange(0, 300)) for _ in range(6)]
+
+
+def pem_cases(rng):
+    ders = _ders(rng)
+    labels = ["RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY", "CERTIFICATE", "PUBLIC KEY", "rsa private key"]
+    cases = []
+    for i in range(N_FUZZ):
+        b64 = base64.b64encode(rng.choice(ders)).decode()
+        width = rng.choice((64, 76, 40, 1000, rng.randrange(1, 90)))
+        nl = rng.choice(("\n", "\r\n", "\n", "\r\n", "\r"))
+        body = nl.join(b64[j:j + width] for j in range(0, len(b64), width))
+        label, end = rng.choice(labels), None
+        end = label if rng.random() < 0.9 else rng.choice(labels)
+        text = "%s-----BEGIN %s-----%s%s%s-----END %s-----%s" % (
+            rng.choice(("", " ", "\n", "\t\r\n")), label, nl, body, rng.choice((nl, nl, "")), end,
+            rng.choice(("", "\n", "\r\n ")))
+        for _ in range(rng.choice((0, 0, 0, 1, 2))):  # mutations: insert, delete, replace one character
+            at = rng.randrange(len(text))
+            op = rng.randrange(3)
+            ch = rng.choice("A=+/-\n \r@ä")
+            text = text[:at] + ch + text[at:] if op == 0 else text[:at] + text[at + 1:] if op == 1 else \
+                text[:at] + ch + text[at + 1:]
+        if i % 50 == 7:
+            text = text * 2  # two blocks
+        key = label.endswith("PRIVATE KEY") if rng.random() < 0.8 else rng.random() < 0.5
+        cases.append(["pem", text, key])
+    return cases
+
+
+def _json_value(rng, depth=0):
+    kind = rng.randrange(6 if depth < 3 else 4)
+    if kind == 0:
+        return rng.choice((None, True, False))
+    if kind == 1:
+        return rng.randrange(-10 ** 12, 10 ** 12)
+    if kind in (2, 3):
+        return "".join(rng.choice("abcXYZ 09\"\\/\n\t\x01é中-") for _ in range(rng.randrange(0, 20)))
+    if kind == 4:
+        return [_json_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
+    return {"k%d" % rng.randrange(50): _json_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))}
+
+
+def _length(n):
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def reply_cases(rng):
+    cases, oracles = [], []
+    for _ in range(N_FUZZ):
+        packets = []
+        for _ in range(rng.randrange(1, 5)):
+            kind = rng.randrange(10)
+            if kind == 0:
+                packets.append((0x90, b"\x00\x01" + bytes(rng.choice((0, 1, 0x80)) for _ in range(4))))
+            elif kind == 1:
+                packets.append((0xD0, b""))
+            elif kind == 2:
+                packets.append((0x30, rng.randbytes(rng.randrange(0, 6))))  # a topic length past the end, often
+            elif kind == 3:
+                packets.append((0x30, b"x" * 6145))  # over the limit
+            else:
+                topic = rng.choice(("$aws/t/accepted", "$aws/t/rejected", "$aws/other", "$aws/t/acceptedx"))
+                if rng.random() < 0.5:
+                    value = {"statusCode": rng.choice((400, "403", None, True)), "errorCode": _json_value(rng),
+                             "errorMessage": _json_value(rng)}
+                    value = {k: v for k, v in value.items() if not isinstance(v, (dict, list))}
+                else:
+                    value = _json_value(rng) if rng.random() < 0.3 else {"thingName": _json_value(rng, 3)}
+                payload = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
+                if rng.random() < 0.15:
+                    payload = payload[:rng.randrange(len(payload) + 1)]
+                qos = rng.choice((0, 0, 1))
+                packets.append((0x30 | qos << 1, _s(topic) + (b"\x00\x07" if qos else b"") + payload))
+        stream = b"".join(bytes((first,)) + _length(len(body)) + body for first, body in packets)
+        cases.append(["reply", stream.hex()])
+        oracles.append(reply_oracle(packets))
+    return cases, oracles
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_fuzz_new_parsers(interp, tmp_path):
+    """PEM -> DER and the reply reader, 250 generated cases each, against oracles written apart in CPython
+    (re and base64; json): the same values, the same refusals."""
+    rng = random.Random(20261202)
+    pems = pem_cases(rng)
+    replies, oracles = reply_cases(rng)
+    (tmp_path / "cases.json").write_text(json.dumps(pems + replies))
+    out = run_on_device(interp, tmp_path, FUZZ_DRIVER % str(tmp_path / "cases.json"), timeout=120)
+    got = [line[5:] for line in out.splitlines() if line.startswith("CASE ")]
+    assert len(got) == 2 * N_FUZZ, out[-2000:]
+    expected = [pem_oracle(text, key) for _, text, key in pems] + oracles
+    mismatches = [(i, e, device_kind(g)) for i, (e, g) in enumerate(zip(expected, got)) if device_kind(g) != e]
+    assert not mismatches, mismatches[:5]
+    kinds = {e.split(" ")[0] + " " + e.split(" ")[1][:6] for e in expected}
+    assert len([e for e in expected[:N_FUZZ] if e.startswith("ok")]) >= 40, "too few valid PEMs"
+    assert len([e for e in oracles if e.startswith("ok")]) >= 30 and len(kinds) >= 8, kinds
