@@ -327,8 +327,11 @@ def check_entries(entries, size, where="settings", columns=None):
     if not entries.get("prod_id"):
         fail("prod_id", "prod_id is missing (Tencent ProductId / UCloud ProductSN / Protco pid)")
     registered = identity_keys(entries)
-    if not entries.get("prod_secret") and not entries.get("claim_key") and not registered:
-        fail("prod_secret", "prod_secret is missing (needed to register; AWS: claim_cert and claim_key)")
+    if platform == b"aws":  # the claim certificate is the product's credential
+        if not (entries.get("claim_cert") and entries.get("claim_key")) and not registered:
+            fail("claim_key", "claim_cert and claim_key are missing (the claim certificate registers the device)")
+    elif not entries.get("prod_secret") and not registered:
+        fail("prod_secret", "prod_secret is missing (needed to register)")
     if entries.get("tls", 1) != 0 and not entries.get("ca"):
         ours = (CA_DIR / ("%s.pem" % platform.decode())).is_file()
         fail("ca", "ca is missing (the CA certificate of the cloud's servers; %s; tls=0 only for plain TCP)"
