@@ -21,6 +21,8 @@ receive their .../accepted and .../rejected, nothing else. Replies go to the req
 - rejected {"statusCode", "errorCode", "errorMessage"}, the emulator's codes: 400 InvalidPayload (not
   JSON), 400 InvalidCertificateOwnershipToken, 400 InvalidParameters, 404 ResourceNotFound (unknown
   template), 403 TemplateDisabled, 409 ResourceAlreadyInUse (the thing has logged in).
+Records (devices.json "aws"): "<template>/<claim client id>" -> {"thing", "cert_fp", "certificate_id",
+"activated", "registrations", "logins", "round_trips"}.
 Thing session: client id = the thing name (the policy the template attaches); topics dt/<thing>/...,
 cmd/<thing>/... and $aws/things/<thing>/shadow/...; the first login activates the thing.
 """
@@ -129,17 +131,18 @@ class AwsPlatform(Platform):
             log(f"mqtt aws claim login {who} ok")
             return True
         with self.store.lock:  # a registration cannot slip in between check and activation
-            thing, record = self.store.find(self.name, "cert_fp", fp)
+            key, record = self.store.find(self.name, "cert_fp", fp)
             if record is None:
                 log(f"mqtt aws login {who} refused: certificate is neither the claim certificate nor a thing's")
                 return False
+            thing = record["thing"]
             if who != thing:
                 log(f"mqtt aws login {who} refused: client id must be the thing name {thing}")
                 return False
             first = not record.get("activated")
             record["activated"] = True
             record["logins"] = record.get("logins", 0) + 1
-            self.store.put(self.name, thing, record)
+            self.store.put(self.name, key, record)
         session.attributes[DEVICE] = thing
         log(f"mqtt login {thing} ok (aws certificate{'; device activated' if first else ''})")
         return True
@@ -221,12 +224,14 @@ class AwsPlatform(Platform):
             issued = self.pending.get(_digest(token))
             if issued is None:
                 raise Rejected(400, "InvalidCertificateOwnershipToken", "unknown or already used ownership token")
-            record = self.store.get(self.name, thing) or {"registrations": 0, "logins": 0}
-            if record.get("activated"):
+            _, other = self.store.find(self.name, "thing", thing)
+            if other and other.get("activated"):
                 raise Rejected(409, "ResourceAlreadyInUse", "the thing is provisioned and its certificate in use")
             del self.pending[_digest(token)]  # single use
-            record.update(cert_fp=issued[0], certificate_id=issued[1], activated=False, template=template.pid,
+            key = f"{template.pid}/{session.client_id}"  # as the other platforms: <product>/<device's own name>
+            record = self.store.get(self.name, key) or {"registrations": 0, "logins": 0}
+            record.update(thing=thing, cert_fp=issued[0], certificate_id=issued[1], activated=False,
                           registrations=record["registrations"] + 1, round_trips=round_trips(session))
-            self.store.put(self.name, thing, record)
+            self.store.put(self.name, key, record)
         reply = {"deviceConfiguration": template.fields.get("configuration", {}), "thingName": thing}
         return reply, f"thing {thing}, registration {record['registrations']}"

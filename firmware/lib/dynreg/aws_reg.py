@@ -6,6 +6,7 @@ in one write (the broker handles one connection's packets in order); the second 
 Imported by the registration boot only; aws.py has the login.
 """
 
+import gc
 import json
 
 from micropython import const
@@ -15,7 +16,7 @@ from dynreg.aws import endpoint
 
 # Largest MQTT packet taken during this exchange. CreateKeysAndCertificate's accepted reply holds an
 # RSA-2048 key (PEM ~1.7 KB), its certificate (~1.3 KB) and the ownership token: 3.3 KB from AWS (as the
-# SDK sees it), 3.5 KB from the emulator. 6 KB leaves room for a longer token; the login boot keeps max_msg.
+# SDK sees it), 3.1 KB from the emulator. 6 KB leaves room for a longer token; the login boot keeps max_msg.
 MAX_REPLY = const(6144)
 _CREATE = "$aws/certificates/create/json"
 KEY_LABELS = ("RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY")
@@ -55,11 +56,12 @@ def message(kind, body):
     at = 2 + n + (2 if kind & 6 else 0)
     if at > len(body):
         raise DynregError("aws: malformed PUBLISH")
+    topic, body = body[2:2 + n], body[at:]  # the packet goes before parsing: one copy of the reply at a time
     try:
-        r = json.loads(body[at:])
+        r = json.loads(body)
     except (ValueError, RuntimeError):  # RuntimeError: CPython's RecursionError on deep nesting
         r = None
-    return body[2:2 + n], r if isinstance(r, dict) else None
+    return topic, r if isinstance(r, dict) else None
 
 
 def refusal(api, r):
@@ -74,6 +76,7 @@ def _reply(s, base, api, until):
     """The JSON object published on base + "/accepted"; DynregError for base + "/rejected" or past `until`."""
     accepted, rejected = (base + "/accepted").encode(), (base + "/rejected").encode()
     while True:
+        gc.collect()  # the 3 KB reply, then its parsed strings, each need one free block
         try:
             kind, body = mqtt.read(s, MAX_REPLY, None, until)
         except DynregError as e:
@@ -132,8 +135,9 @@ def register(st, name, ctx):
         _send(s, None, mqtt.subscribe(1, (_CREATE + "/accepted", _CREATE + "/rejected", base + "/accepted",
                                           base + "/rejected")) + mqtt.packet(0x30, mqtt.string(_CREATE) + b"{}"))
         r = _reply(s, _CREATE, "CreateKeysAndCertificate", until)
-        key = pem_der(r.get("privateKey"), KEY_LABELS, "privateKey")
-        cert = pem_der(r.get("certificatePem"), ("CERTIFICATE",), "certificatePem")
+        key = pem_der(r.pop("privateKey", None), KEY_LABELS, "privateKey")  # each PEM goes once converted
+        gc.collect()
+        cert = pem_der(r.pop("certificatePem", None), ("CERTIFICATE",), "certificatePem")
         token = r.get("certificateOwnershipToken")
         if not isinstance(token, str) or not token:
             raise DynregError("aws: CreateKeysAndCertificate reply holds no certificateOwnershipToken")
