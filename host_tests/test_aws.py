@@ -27,6 +27,7 @@ from host_tests.test_cloud_tencent import Mqtt, _s
 from host_tests.test_faults import Board, FaultProxy, record
 from host_tests.test_hostile import HostileServer, attempt_lines, packet, pki, publish, read_packet  # noqa: F401
 from tools.cloud import certs
+from tools.cloud.connect import _length
 from tools.factory import nvsformat
 from tools.factory.provision import pem_to_der
 
@@ -713,15 +714,6 @@ def _json_value(rng, depth=0):
     return {"k%d" % rng.randrange(50): _json_value(rng, depth + 1) for _ in range(rng.randrange(0, 4))}
 
 
-def _length(n):
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def reply_cases(rng):
     cases, oracles = [], []
     for _ in range(N_FUZZ):
@@ -772,3 +764,28 @@ def test_fuzz_new_parsers(interp, tmp_path):
     kinds = {e.split(" ")[0] + " " + e.split(" ")[1][:6] for e in expected}
     assert len([e for e in expected[:N_FUZZ] if e.startswith("ok")]) >= 40, "too few valid PEMs"
     assert len([e for e in oracles if e.startswith("ok")]) >= 30 and len(kinds) >= 8, kinds
+
+
+def test_provision_needs_the_claim_credentials(tmp_path):
+    """A batch row of an AWS board needs its claim certificate and key (no product secret); with them it
+    gets Amazon Root CA 1 for an amazonaws.com endpoint, and the certificates as DER."""
+    from tools.factory import provision
+    from tools.factory import nvs_schema as schema
+
+    cert, key = _issued()
+    (tmp_path / "c.pem").write_text(cert)
+    (tmp_path / "k.pem").write_text(key)
+    cells = {"platform": "aws", "prod_id": TEMPLATE, "mqtt_host": "abc123-ats.iot.eu-west-1.amazonaws.com"}
+
+    def plan(**more):
+        path = tmp_path / "b.csv"
+        row = dict(cells, **more)
+        path.write_text(",".join(row) + "\n" + ",".join(row.values()) + "\n")
+        return provision.plan_images(provision.read_batch(path), schema.PARTITION_SIZE)
+
+    with pytest.raises(provision.ProvisionError, match="claim_cert and claim_key are missing"):
+        plan()
+    (_, entries, _), = plan(claim_cert=str(tmp_path / "c.pem"), claim_key=str(tmp_path / "k.pem"))
+    assert entries["claim_cert"] == pem_to_der(cert.encode(), "c") and entries["claim_key"] == pem_to_der(
+        key.encode(), "k")
+    assert entries["ca"] == pem_to_der((REPO / "tools" / "factory" / "ca" / "aws.pem").read_bytes(), "ca")

@@ -21,7 +21,7 @@ receive their .../accepted and .../rejected, nothing else. Replies go to the req
 - rejected {"statusCode", "errorCode", "errorMessage"}, the emulator's codes: 400 InvalidPayload (not
   JSON), 400 InvalidCertificateOwnershipToken, 400 InvalidParameters, 404 ResourceNotFound (unknown
   template), 403 TemplateDisabled, 409 ResourceAlreadyInUse (the thing has logged in).
-Records (devices.json "aws"): "<template>/<claim client id>" -> {"thing", "cert_fp", "certificate_id",
+Records (devices.json "aws"): "<template>/<claim client id>" -> {"thing", "cert_fp" (= certificateId),
 "activated", "registrations", "logins", "round_trips"}.
 Thing session: client id = the thing name (the policy the template attaches); topics dt/<thing>/...,
 cmd/<thing>/... and $aws/things/<thing>/shadow/...; the first login activates the thing.
@@ -112,7 +112,7 @@ class AwsPlatform(Platform):
         self.claim_fp = claim_fp
         self.key_type = key_type
         self.lock = threading.Lock()
-        self.pending = {}  # SHA-256 of an unused ownership token -> (certificate fingerprint, certificateId)
+        self.pending = {}  # SHA-256 of an unused ownership token -> its certificate's SHA-256 (= certificateId)
 
     # -- logins ---------------------------------------------------------------------------
 
@@ -139,12 +139,11 @@ class AwsPlatform(Platform):
             if who != thing:
                 log(f"mqtt aws login {who} refused: client id must be the thing name {thing}")
                 return False
-            first = not record.get("activated")
-            record["activated"] = True
-            record["logins"] = record.get("logins", 0) + 1
+            note = "" if record.get("activated") else "; device activated"  # its first login
+            record.update(activated=True, logins=record.get("logins", 0) + 1)
             self.store.put(self.name, key, record)
         session.attributes[DEVICE] = thing
-        log(f"mqtt login {thing} ok (aws certificate{'; device activated' if first else ''})")
+        log(f"mqtt login {thing} ok (aws certificate{note})")
         return True
 
     # -- topics ---------------------------------------------------------------------------
@@ -190,7 +189,7 @@ class AwsPlatform(Platform):
         cert_pem, _, fp = self.pki.issue_device_cert("AWS IoT Certificate", key)
         token = secrets.token_urlsafe(256)
         with self.lock:
-            self.pending[_digest(token)] = (fp, fp)
+            self.pending[_digest(token)] = fp
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
                                     serialization.NoEncryption()).decode()
         return {"certificateId": fp, "certificatePem": cert_pem, "privateKey": key_pem,
@@ -230,7 +229,7 @@ class AwsPlatform(Platform):
             del self.pending[_digest(token)]  # single use
             key = f"{template.pid}/{session.client_id}"  # as the other platforms: <product>/<device's own name>
             record = self.store.get(self.name, key) or {"registrations": 0, "logins": 0}
-            record.update(thing=thing, cert_fp=issued[0], certificate_id=issued[1], activated=False,
+            record.update(thing=thing, cert_fp=issued, activated=False,
                           registrations=record["registrations"] + 1, round_trips=round_trips(session))
             self.store.put(self.name, key, record)
         reply = {"deviceConfiguration": template.fields.get("configuration", {}), "thingName": thing}
