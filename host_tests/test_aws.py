@@ -148,6 +148,7 @@ def test_claim_provisions_a_thing_that_logs_in(cloud, tmp_path):
     topic, reply = claim.register(claim.create()["certificateOwnershipToken"], {"SerialNumber": "raw-0001"})
     assert topic.endswith("/rejected") and reply["statusCode"] == 409, reply
     claim.close()
+    assert (cloud.state / "aws-claim.key").stat().st_mode & 0o777 == 0o600
     log = cloud.log()
     assert_clean(log, {token, created["privateKey"].splitlines()[3]} | windows(der[:0] + key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
@@ -789,3 +790,52 @@ def test_provision_needs_the_claim_credentials(tmp_path):
     assert entries["claim_cert"] == pem_to_der(cert.encode(), "c") and entries["claim_key"] == pem_to_der(
         key.encode(), "k")
     assert entries["ca"] == pem_to_der((REPO / "tools" / "factory" / "ca" / "aws.pem").read_bytes(), "ca")
+
+
+LOGIN_UNITS = r'''
+from dynreg import aws
+
+
+class St:
+    def __init__(self, values):
+        self.values = values
+
+    def text(self, key, default=None):
+        return self.values.get(key, default)
+
+
+class Dev:
+    ident = "thing-1"
+
+    def __init__(self, values):
+        self.st, self.properties, self.got, self.sent = St(values), {}, [], []
+        self.on_message = lambda topic, msg: self.got.append(msg)
+
+    def publish(self, topic, msg, qos=0):
+        self.sent.append((topic, msg, qos))
+        return True
+
+
+d = Dev({})
+print("subs", aws.subscriptions(d))
+delta = b"$aws/things/thing-1/shadow/update/delta"
+print("delta", aws.handle(d, delta, b'{"version": 3, "state": {"led": 1}}'), d.properties, len(d.got))
+print("bad", aws.handle(d, delta, b'{"state": 5}'), aws.handle(d, delta, b"[1"), d.properties, len(d.got))
+print("other", aws.handle(d, b"cmd/thing-1/x", b"{}"))
+aws.report(d, {"t": 1}, 1)
+Dev.ident = "thing-2"
+d2 = Dev({"aws_topic": "fleet/{thing}/up"})
+aws.report(d2, {"t": 2})
+print("sent", d.sent[0][0], d.sent[0][2], d2.sent[0][0])
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_login_module_units(interp, tmp_path):
+    """The shadow delta goes to dev.properties and on_message (a malformed one is logged and dropped); reports
+    go to dt/<thing>/telemetry or NVS aws_topic with {thing} filled in."""
+    out = run_on_device(interp, tmp_path, LOGIN_UNITS)
+    assert "subs ('$aws/things/thing-1/shadow/update/delta',)" in out
+    assert "delta True {'led': 1} 1" in out and "dynreg: aws: shadow delta led" in out
+    assert "bad True True {'led': 1} 1" in out and out.count("ignoring a malformed shadow delta") == 2
+    assert "other False" in out and "sent dt/thing-1/telemetry 1 fleet/thing-2/up" in out, out
