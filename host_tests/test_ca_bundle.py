@@ -1,11 +1,13 @@
 """The clouds' public CAs shipped in tools/factory/ca/: each file matches the fingerprint and dates its
 SOURCES.md row states, and provisioning uses it when `ca` is left empty for the platform's own hosts."""
 import csv
+import datetime
 import re
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from host_tests.conftest import REPO
 from tools.factory import provision
@@ -46,6 +48,22 @@ def test_file_matches_its_fingerprint_and_dates(platform):
     assert re.search(r"github\.com/|PyPI", row["source"])
 
 
+def _claim(tmp_path, platform):
+    """An AWS board's claim certificate and key cells (any certificate: provisioning only stores them)."""
+    if platform != "aws":
+        return {}
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "claim")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(datetime.datetime(2000, 1, 1))
+            .not_valid_after(datetime.datetime(2050, 1, 1)).sign(key, hashes.SHA256()))
+    (tmp_path / "claim.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "claim.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                           serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()))
+    return {"claim_cert": str(tmp_path / "claim.pem"), "claim_key": str(tmp_path / "claim.key")}
+
+
 def _batch(tmp_path, **cells):
     path = tmp_path / "b.csv"
     with open(path, "w", newline="") as f:
@@ -55,13 +73,15 @@ def _batch(tmp_path, **cells):
     return provision.read_batch(path)
 
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "aws"])
 def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     der = x509.load_pem_x509_certificate((CA_DIR / ("%s.pem" % platform)).read_bytes()).public_bytes(
         serialization.Encoding.DER)
-    host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn"}[platform]
+    host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn",
+            "aws": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"}[platform]
     for cells in ({}, {"ca": ""}, {"mqtt_host": host}):
-        batch = _batch(tmp_path, platform=platform, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells)
+        batch = _batch(tmp_path, platform=platform, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells,
+                       **_claim(tmp_path, platform))
         (_, entries, _), = provision.plan_images(batch, schema.PARTITION_SIZE)
         assert entries["ca"] == der, cells
 
@@ -70,8 +90,10 @@ def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     ({"platform": "tencent", "reg_host": "localhost"}, "the platform's own"),  # the emulator: its own CA
     ({"platform": "ucloud", "mqtt_host": "mqtt.example.com"}, "the platform's own"),
     ({"platform": "protco"}, "publishes none"),
+    ({"platform": "aws", "mqtt_host": "localhost"}, "the platform's own"),
 ])
 def test_no_shipped_ca_for_other_hosts(tmp_path, cells, why):
+    cells = dict(cells, **_claim(tmp_path, cells["platform"]))
     batch = _batch(tmp_path, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells)
     with pytest.raises(provision.ProvisionError, match="ca is missing .*%s" % why):
         provision.plan_images(batch, schema.PARTITION_SIZE)
@@ -79,3 +101,11 @@ def test_no_shipped_ca_for_other_hosts(tmp_path, cells, why):
     batch = _batch(tmp_path, prod_id="P", prod_secret="s", dev_name="dev-0001", tls="0", **cells)
     (_, entries, _), = provision.plan_images(batch, schema.PARTITION_SIZE)
     assert "ca" not in entries
+
+
+def test_aws_root_is_amazon_root_ca_1():
+    """The file is the root AWS publishes, by the fingerprint amazontrust.com states for AmazonRootCA1.pem."""
+    cert = x509.load_pem_x509_certificate((CA_DIR / "aws.pem").read_bytes())
+    assert cert.fingerprint(hashes.SHA256()).hex(":").upper() == (
+        "8E:CD:E6:88:4F:3D:87:B1:12:5B:A3:1A:C3:FC:B1:3D:70:16:DE:7F:57:CC:90:4F:E1:CB:97:C6:AE:98:19:6E")
+    assert cert.subject.rfc4514_string() == "CN=Amazon Root CA 1,O=Amazon,C=US"

@@ -1,7 +1,6 @@
 """The cloud emulator's UCloud and Protco platforms (registration over MQTT) and its console login,
 driven over raw MQTT sockets like a device would."""
 
-import itertools
 import json
 import struct
 import time
@@ -70,13 +69,19 @@ def ucloud_login(cloud, psn, dsn, password):
 
 
 # a registration signature (pid, ts) belongs to the first device id registered with it: each
-# CONNECT here signs a ts of its own, within the emulator's window (600 s)
-_ts = itertools.count(int(time.time()) - 500)
+# CONNECT here signs a ts of its own, within the emulator's window (600 s) when it is sent (not when this
+# module was imported: the suite may reach it minutes later)
+_last_ts = [0]
+
+
+def _next_ts():
+    _last_ts[0] = max(_last_ts[0] + 1, int(time.time()) - 500)
+    return _last_ts[0]
 
 
 def protco_connect(cloud, client_id, who, key, method="hmacSha256", ts=None):
     """A signed Protco CONNECT; returns (client, CONNACK code)."""
-    ts = next(_ts) if ts is None else ts
+    ts = _next_ts() if ts is None else ts
     client = Mqtt(cloud.ports)
     return client, client.connect(client_id, f"{who}|signMethod={method},ts={ts}", sign(key, who, ts, method))
 

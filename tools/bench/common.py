@@ -15,6 +15,7 @@ from pathlib import Path
 from tools.cloud import proc
 from tools.platforms import PLATFORMS
 from tools.cloud.state import read_console_password
+from tools.factory.provision import pem_to_der
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
@@ -79,9 +80,13 @@ def device_settings(emu, platform, name, wifi=True):
     """Factory NVS of a board of `platform` pointed at the emulator over TLS; one attempt only, and main.py
     returns after its first report."""
     pid = PRODUCTS[platform]
-    s = {"platform": platform, "prod_id": pid, "prod_secret": emu.secret(platform, pid), "dev_name": name,
+    s = {"platform": platform, "prod_id": pid, "dev_name": name,
          "mqtt_host": "localhost", "mqtt_port": emu.ports["mqtts"], "ca": {"file": "@cloud/ca.pem"},
          "max_tries": 1, "retry_ms": 100, "report_count": 1}
+    if platform == "aws":  # the claim certificate (the emulator's, made at its start) instead of a product secret
+        s.update(claim_cert={"file": "@cloud/aws-claim.pem"}, claim_key={"file": "@cloud/aws-claim.key"})
+    else:
+        s["prod_secret"] = emu.secret(platform, pid)
     if platform == "tencent":
         s.update(reg_host="localhost", reg_port=emu.ports["https"])
     if wifi:
@@ -171,9 +176,11 @@ def bench_nvs_value(value, emu):
     if isinstance(value, int):
         return ["i32", value]
     if isinstance(value, dict):
-        if value["file"] != "@cloud/ca.pem":
-            raise ValueError("bench settings name no other file")
-        data = (emu.state / "ca.der").read_bytes()
+        if not value["file"].startswith("@cloud/"):
+            raise ValueError("bench settings name only the emulator's files")
+        data = (emu.state / value["file"][len("@cloud/"):]).read_bytes()
+        if data.lstrip().startswith(b"-----BEGIN"):
+            data = pem_to_der(data, value["file"])
     else:
         data = value.encode()
     return ["blob", base64.b64encode(data).decode()]

@@ -10,7 +10,7 @@ Run it in the foreground from the repository root:
 One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
 the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
-closes the older connection of its client id (MQTT-3.1.4-2). Three platforms are emulated:
+closes the older connection of its client id (MQTT-3.1.4-2). These platforms are emulated:
 
 Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
@@ -56,6 +56,16 @@ Protco rlink v2 (section 3): signed registration over MQTT
   (it does not sign the unique id): another unique id with it is refused, CONNACK 5 (res 1002 for
   a session that logged in before).
 
+AWS IoT Core (docs/platforms/aws.md): fleet provisioning by claim over mutual TLS
+- a claim certificate issued at start (state dir aws-claim.pem, aws-claim.key) may only use
+  $aws/certificates/create/json and $aws/provisioning-templates/<template>/provision/json and
+  their .../accepted, .../rejected (answered to the requesting connection only);
+  CreateKeysAndCertificate issues a key (RSA-2048, or EC P-256 with --aws-key ec256) and a
+  certificate of the CA; RegisterThing checks the single-use ownership token and the template's
+  parameters and makes the thing; refusals on .../rejected {"statusCode", "errorCode", "errorMessage"}.
+- a thing's certificate logs in as the thing name and uses dt/<thing>/..., cmd/<thing>/... and
+  $aws/things/<thing>/shadow/...; any other certificate of the CA gets CONNACK 5.
+
 Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
 remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window, across
 restarts (seen-tencent.json); the same again is refused with AuthFailure.SignatureFailure, Message "nonce already used within the timestamp
@@ -84,6 +94,9 @@ Registry file (JSON; keys starting with "_" are comments, at any level):
      "protco": {"<pid>": {"secret": "...", "dynreg": true,
         "probe_commands": true,  # ping + property_set after the first property_report
         "res": ..., "reply": "normal"}},                         # test knobs, see below
+     "aws": {"<template>": {"dynreg": true,            # false: the template is disabled
+        "parameters": {"<name>": {"pattern"?: "<regex>", "default"?: "..."}},  # no default = required
+        "thing_name": "prefix-{SerialNumber}", "configuration": {...}}},    # deviceConfiguration
      "console": {"username": "..."}}      # its password: console.password in the state directory
 
 UCloud and Protco product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
@@ -104,7 +117,9 @@ State directory (kept across restarts; delete it to start afresh):
   devices.json              {"tencent": {"<pid>/<dn>": {"psk" | "cert_fp", ...}},
                              "ucloud": {"<psn>/<dsn>": {"secret", ...}},
                              "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
-                             "commands_answered", ...}}}; every record also holds "activated",
+                             "commands_answered", ...}},
+                             "aws": {"<template>/<claim client id>": {"thing", "cert_fp", ...}}};
+                            every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
                             The file is also the console: replaced while the emulator runs (e.g. by
                             registry.forget_device(path, platform, key), "delete the device"), it is
@@ -114,6 +129,7 @@ State directory (kept across restarts; delete it to start afresh):
   console.password          the console login's password (0600): --console-password or
                             $DYNREG_CONSOLE_PASSWORD, else the one kept here, else a new one, shown
                             once when stdout is a terminal and never logged
+  aws-claim.pem, .key       the AWS claim certificate and key (0600), issued on first run
   seen-tencent.json,        registration signatures already used (SHA-256 digests, 0600), kept for
   seen-protco.json          twice --ts-window, so that a replay is refused after a restart too
 
@@ -123,7 +139,7 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
+by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aws.py (each
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),

@@ -47,6 +47,10 @@ def parse_args(argv=None):
                         f"{CONSOLE_FILE}, else a new one, written there 0600)")
     p.add_argument("--console-over-tcp", action="store_true",
                    help="let other machines log in to the console over plain TCP (default: TLS port only)")
+    for name in PLATFORMS:  # a platform's own options (tools/cloud/<platform>.py add_arguments)
+        add = getattr(importlib.import_module(__package__ + "." + name), "add_arguments", None)
+        if add:
+            add(p)
     return p.parse_args(argv)
 
 

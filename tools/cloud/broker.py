@@ -139,8 +139,19 @@ class CloudBroker(Broker):
                 return await super()._handle_message_delivery(session, handler, wait_deliver)
             replies = [(topic, data)]
         for reply_topic, reply in replies:
-            await self.internal_message_broadcast(reply_topic, reply)
+            if platform.reply_to_sender(session, reply_topic):
+                self._send_to(session, reply_topic, reply)
+            else:
+                await self.internal_message_broadcast(reply_topic, reply)
         return True
+
+    def _send_to(self, session, topic, data):
+        """Deliver a reply to `session` alone, at the highest QoS of its subscriptions matching `topic`
+        (none: it is dropped, as a broadcast would drop it)."""
+        qos = [q for f, subs in self._subscriptions.items() if self._matches(topic, f) for s, q in subs if s is session]
+        handler = self._get_handler(session)
+        if qos and handler:  # queued like a broadcast's publish: amqtt collects the task
+            self._tasks_queue.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, max(qos), retain=False)))
 
     async def _handle_subscription(self, session, handler, subscribe_waiter):
         platform = self.platforms.get(session.attributes.get(PLATFORM))

@@ -1,6 +1,7 @@
 """Test PKI of the cloud emulator: a CA, the server certificate, device certificates.
 
-Everything is EC P-256: small enough for an ESP32 (mbedTLS) to parse and keep in NVS.
+Everything is EC P-256 (small enough for an ESP32, mbedTLS, to parse and keep in NVS) unless a platform
+hands issue_device_cert() a key of its own (AWS issues RSA-2048 as the real service does).
 Certificates are valid from 2000-01-01 because a device may check them before its
 clock is set (an ESP32 wakes up in the year 2000).
 """
@@ -127,9 +128,10 @@ class Pki:
             return False
         return set(_san(names)) <= set(san)
 
-    def issue_device_cert(self, common_name):
-        """Issue a client certificate for a device; returns (cert PEM, key PEM, sha256 hex of the cert DER)."""
-        key = ec.generate_private_key(ec.SECP256R1())
+    def issue_device_cert(self, common_name, key=None):
+        """Issue a client certificate for a device (for `key`, a private key, else a new EC P-256 one);
+        returns (cert PEM, key PEM (PKCS#8), sha256 hex of the cert DER)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
         cert = (_builder(_name(common_name), self._ca_cert.subject, key.public_key())
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

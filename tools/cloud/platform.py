@@ -124,6 +124,11 @@ class Platform:
         """Is this the reply topic of a registration session? (--probe-delay-ms delays its SUBACK.)"""
         return False
 
+    def reply_to_sender(self, session, topic):
+        """Does a reply on_publish made for `topic` go to the publishing session only, not to every
+        subscriber? (AWS's reserved topics are shared by all devices; their answers are not.)"""
+        return False
+
 
 class ConsolePlatform(Platform):
     """The registry's "console" login: any topic, "$" ones included, to watch devices or command them.

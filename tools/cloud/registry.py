@@ -35,6 +35,7 @@ class Product:
     probe_commands: bool = True   # protco: command a device after its first property report
     forced_code: object = None    # test knob: ucloud "retcode", protco "res"
     reply: str = "normal"         # test knob: "normal", "none" or "other_id"
+    fields: dict = None           # the options as written, for those only one platform reads (aws)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ def _product(platform, pid, spec, options):
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
     secret = fields.get("secret")
     # Tencent's payload key is the first 16 characters of the secret; the others use 16 or more too
-    if not isinstance(secret, str) or len(secret) < 16 or not secret.isascii():
+    # (AWS templates have none: a claim certificate is the product's credential)
+    if "secret" in options and (not isinstance(secret, str) or len(secret) < 16 or not secret.isascii()):
         raise ValueError(f"{where}: secret must be an ASCII string of at least 16 characters")
     if platform != "tencent" and not MQTT_PID.fullmatch(pid):
         raise ValueError(f"{where}: product id must be 1-64 characters of A-Z a-z 0-9 -")
@@ -125,7 +127,7 @@ def _product(platform, pid, spec, options):
                    auto_create=bool(fields.get("auto_create", True)), auth=fields.get("auth", "psk"),
                    devices=tuple(devices), whitelist=None if whitelist is None else tuple(whitelist),
                    probe_commands=bool(fields.get("probe_commands", True)), forced_code=forced,
-                   reply=fields.get("reply", "normal"))
+                   reply=fields.get("reply", "normal"), fields=fields)
 
 
 class DeviceStore:

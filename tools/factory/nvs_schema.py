@@ -47,7 +47,7 @@ class Key:
 
 
 KEYS = (
-    Key("platform", TEXT, "`tencent`, `ucloud` or `protco`", "required"),
+    Key("platform", TEXT, "`tencent`, `ucloud`, `protco` or `aws`", "required"),
     Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
     Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
     Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
@@ -55,15 +55,15 @@ KEYS = (
                       "settings: the platform's own, tools/factory/ca/, when the hosts are the platform's)",
         "required with TLS"),
     Key("tls", I32, "1: TLS, server verified against `ca` with `server_hostname`; 0: plain TCP (only if set)", "1"),
-    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid", "required"),
+    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid / AWS provisioning template name", "required"),
     Key("prod_secret", TEXT, "the product secret shared by the whole product line", "required to register",
         secret=True),
-    Key("dev_name", TEXT, "device name / DeviceSN / Protco unique id", "hex of the Wi-Fi MAC"),
+    Key("dev_name", TEXT, "device name / DeviceSN / Protco unique id / AWS claim client id and default SerialNumber", "hex of the Wi-Fi MAC"),
     Key("dev_secret", TEXT, "the device's own secret (Tencent psk, UCloud password, Protco secret); null = "
                             "register", secret=True, written=REGISTRATION),
-    Key("dev_cert", BINARY, "Tencent certificate products: client certificate (DER)", secret=True,
+    Key("dev_cert", BINARY, "Tencent certificate products, AWS: client certificate (DER)", secret=True,
         written=REGISTRATION),
-    Key("dev_key", BINARY, "Tencent certificate products: client private key (DER)", secret=True,
+    Key("dev_key", BINARY, "Tencent certificate products, AWS: client private key (DER)", secret=True,
         written=REGISTRATION),
     Key("dev_id", TEXT, "identity marker: the platform and device name the stored identity belongs to, written "
                         "after it; with it and no identity the NVS is damaged (no new registration)",
@@ -74,7 +74,7 @@ KEYS = (
     Key("reg_timeout_ms", I32, "total deadline of one registration exchange (ms), however slowly the server sends",
         "30000"),
     Key("sign_method", TEXT, "Tencent `hmacsha256`/`hmacsha1`; Protco `hmacSha256`/`hmacSha1`", "sha256"),
-    Key("mqtt_host", TEXT, "MQTT broker", "the platform's"),
+    Key("mqtt_host", TEXT, "MQTT broker (AWS: the account's endpoint, required)", "the platform's"),
     Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain)"),
     Key("keepalive_s", I32, "MQTT keepalive (seconds) in CONNECT; `poll()` pings when due. Tencent 1..900, UCloud "
                             "30..1200, Protco 1..65535", "60"),
@@ -98,12 +98,22 @@ KEYS = (
     Key("replace_sec", TEXT, "Protco: the secret of `replace_pid`", secret=True),
     Key("dev_uuid", TEXT, "Protco: the uuid the cloud assigned", written=REGISTRATION),
     Key("dev_pid", TEXT, "Protco: the pid the cloud assigned", written=REGISTRATION),
+    Key("claim_cert", BINARY, "AWS: the fleet provisioning claim certificate (DER), shared by the product line",
+        "required to register", secret=True),
+    Key("claim_key", BINARY, "AWS: the claim certificate's private key (DER); erased with `forget_prod`",
+        "required to register", secret=True),
+    Key("aws_params", TEXT, "AWS: the provisioning template's parameters, a JSON object of strings",
+        "`{\"SerialNumber\": <dev_name>}`"),
+    Key("aws_topic", TEXT, "AWS: telemetry topic, `{thing}` replaced by the thing name", "`dt/{thing}/telemetry`"),
+    Key("thing_name", TEXT, "AWS: the thing name RegisterThing returned (the login's client id)",
+        written=REGISTRATION),
 )
 BY_NAME = dict((k.name, k) for k in KEYS)
 SECRET_KEYS = tuple(k.name for k in KEYS if k.secret)
 IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real value = registered
 # The hosts each platform's devices dial by default, and the domain its own hosts are under.
-PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in"}
+PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in",
+                    "aws": ".amazonaws.com"}
 
 
 class SchemaError(ValueError):

@@ -78,6 +78,7 @@ CA_DIR = REPO / "tools" / "factory" / "ca"  # the clouds' public CAs, one <platf
 REGISTRATION_RESERVE = {
     "tencent": {"dev_secret": 64, "dev_cert": 2048, "dev_key": 2048, "dev_id": 96},
     "protco": {"dev_secret": 64, "dev_uuid": 64, "dev_pid": 64, "dev_id": 96},
+    "aws": {"dev_cert": 1536, "dev_key": 1280, "thing_name": 128, "dev_id": 160},
 }
 DEFAULT_RESERVE = {"dev_secret": 64, "dev_id": 96}
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.S)
@@ -326,7 +327,10 @@ def check_entries(entries, size, where="settings", columns=None):
     if not entries.get("prod_id"):
         fail("prod_id", "prod_id is missing (Tencent ProductId / UCloud ProductSN / Protco pid)")
     registered = identity_keys(entries)
-    if not entries.get("prod_secret") and not registered:
+    if platform == b"aws":  # the claim certificate is the product's credential
+        if not (entries.get("claim_cert") and entries.get("claim_key")) and not registered:
+            fail("claim_key", "claim_cert and claim_key are missing (the claim certificate registers the device)")
+    elif not entries.get("prod_secret") and not registered:
         fail("prod_secret", "prod_secret is missing (needed to register)")
     if entries.get("tls", 1) != 0 and not entries.get("ca"):
         ours = (CA_DIR / ("%s.pem" % platform.decode())).is_file()

@@ -82,13 +82,16 @@ def read(s, limit, first=None, until=None, skip=False):
 
 def login(ctx, host, port, client_id, user, password, keepalive=60, timeout=10):
     """Connect to host:port over TLS with `ctx` (plain TCP when None), log in with a clean session and
-    `keepalive` seconds; return the stream, non-blocking (read with net.read and a deadline)."""
+    `keepalive` seconds (no username/password field when None); return the stream, non-blocking (read with net.read and a deadline)."""
     log("mqtt: connecting to mqtt%s://%s:%d as %s" % ("" if ctx is None else "s", host, port, client_id))
     s = net.open_socket(host, port, ctx, timeout, "mqtt")
     try:
-        # CONNECT: protocol "MQTT" level 4 (3.1.1); flags user, password, clean session; keepalive
-        s.write(packet(0x10, b"\x00\x04MQTT\x04\xc2" + struct.pack("!H", keepalive) + string(client_id)
-                       + string(user) + string(password)))
+        # CONNECT: protocol "MQTT" level 4 (3.1.1); flags user, password (each left out when None: a
+        # client certificate is the credential), clean session; keepalive
+        s.write(packet(0x10, b"\x00\x04MQTT\x04" + bytes((0x02 | (0 if user is None else 0x80)
+                                                            | (0 if password is None else 0x40),))
+                       + struct.pack("!H", keepalive) + string(client_id)
+                       + (b"" if user is None else string(user)) + (b"" if password is None else string(password))))
         password = None
         s.setblocking(False)
         try:
