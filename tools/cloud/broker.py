@@ -142,6 +142,13 @@ class CloudBroker(Broker):
             await self.internal_message_broadcast(reply_topic, reply)
         return True
 
+    async def _client_message_loop(self, client_session, handler):
+        # amqtt calls this once the CONNACK is out: what the platform pushes unasked goes first
+        platform = self.platforms.get(client_session.attributes.get(PLATFORM))
+        for topic, data in platform.on_connected(client_session) if platform else ():
+            await handler.mqtt_publish(topic, data, 0, False)
+        return await super()._client_message_loop(client_session, handler)
+
     async def _handle_subscription(self, session, handler, subscribe_waiter):
         platform = self.platforms.get(session.attributes.get(PLATFORM))
         if self.probe_delay and platform and any(platform.is_registration_reply(session, topic)

@@ -124,6 +124,11 @@ class Platform:
         """Is this the reply topic of a registration session? (--probe-delay-ms delays its SUBACK.)"""
         return False
 
+    def on_connected(self, session):
+        """(topic, bytes) messages sent to this session right after its CONNACK, unasked: no SUBSCRIBE
+        needed (Aliyun pushes a registration's result so)."""
+        return []
+
 
 class ConsolePlatform(Platform):
     """The registry's "console" login: any topic, "$" ones included, to watch devices or command them.
