@@ -2,7 +2,8 @@
 over HTTPS or MQTT, the MQTT login, Alink property topics.
 
 Products (registry "aliyun"): "secret" (ProductSecret), "dynreg" (dynamic registration on), "devices"
-(the DeviceNames created in the console: pre-registration, which HTTPS and authType=register need),
+(DeviceNames created in the console: pre-registration, which HTTPS and authType=register need; a
+record in devices.json counts too, see create_device()),
 "auto_create" (registration-free, authType=regnwl, allowed), "reply" ("none": an MQTT registration
 gets no pushed reply; a test knob).
 
@@ -32,12 +33,13 @@ record ("commands_answered").
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 from urllib.parse import parse_qs
 
 from .platform import DEVICE, RECORD, ATTRIBUTES, Platform, Refused, compact, json_object, log, same, shown
-from .state import seen_signatures
+from .state import seen_signatures, write_private
 
 HASHES = {"hmacsha256": hashlib.sha256, "hmacsha1": hashlib.sha1, "hmacmd5": hashlib.md5}
 PRODUCT_KEY = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -75,6 +77,22 @@ def params(text):
             return None
         out[key] = value
     return out
+
+
+def new_record():
+    return {"registrations": 0, "logins": 0, "commands_answered": 0, "activated": False}
+
+
+def create_device(path, pk, dn):
+    """Pre-register DeviceName `dn` of product `pk` in a devices.json (running emulator or not), as the
+    console's "add device" does; an existing record is kept."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        data = {}
+    data.setdefault("aliyun", {}).setdefault(f"{pk}/{dn}", new_record())
+    write_private(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def emulate(products, store, pki, args):
@@ -115,11 +133,12 @@ class AliyunPlatform(Platform):
             raise Rejected(DYNREG_OFF, "dynamic registration is off for this product")
         if nwl and not product.auto_create:
             raise Rejected(DYNREG_OFF, "registration-free (regnwl) is off for this product")
-        if not nwl and dn not in product.devices:
-            raise Rejected(NO_DEVICE, "device not found (not pre-registered)")
         key = f"{pk}/{dn}"
         with self.store.lock:
-            record = self.store.get(self.name, key) or {"registrations": 0, "logins": 0, "commands_answered": 0}
+            record = self.store.get(self.name, key)
+            if not nwl and dn not in product.devices and record is None:
+                raise Rejected(NO_DEVICE, "device not found (not pre-registered)")
+            record = record or new_record()
             if record.get("activated"):
                 raise Rejected(ACTIVE, "device is already active")
             if self.seen.claim((pk, dn, rnd)) is not None:

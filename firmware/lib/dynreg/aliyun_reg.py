@@ -40,7 +40,7 @@ def parse_http(body):
         code, data = r.get("code"), r.get("data")
     except (ValueError, RuntimeError, AttributeError):  # not JSON, too deep, not an object
         raise DynregError("aliyun: reply is not a JSON object")
-    if code != 200 or isinstance(code, bool):
+    if code != 200 or type(code) is not int:  # not 200.0, "200" or true
         raise DynregError("aliyun: registration refused: code %s (%s)" % (shown(code), shown(r.get("message"))))
     return [("dev_secret", _text(data.get("deviceSecret") if isinstance(data, dict) else None, "deviceSecret"))]
 
