@@ -605,3 +605,44 @@ def test_fuzz_unix_port_same_outcomes(tmp_path):
             differ.append((n, a, want, have))
     assert not differ, "unix port and CPython disagree:\n" + "\n".join(map(repr, differ[:10]))
     assert len(lenient) <= len(cases) // 20, lenient[:10]
+
+
+# --------------------------------------------------------------------------- the vendor's SDK
+
+
+@pytest.fixture(scope="module")
+def sdk_cloud(tmp_path_factory):
+    """An emulator whose certificate also names the SDK's HTTPS registration host."""
+    from host_tests.conftest import start_cloud
+
+    state = tmp_path_factory.mktemp("aliyun-sdk-cloud")
+    emulator = start_cloud(state, "--cert-name", "iot-auth.cn-shanghai.aliyuncs.com")
+    yield state, emulator.ports
+    assert emulator.stop() == 0
+    assert "Traceback" not in (state / "cloud.log").read_text()
+
+
+@pytest.mark.parametrize("variant", ["https", "register", "regnwl"])
+def test_official_sdk_registers_and_logs_in(sdk_cloud, variant):
+    """aliyun-iot-linkkit 1.2.13 as published (host_tests/aliyun_sdk.py: only hosts, ports and CA redirected)
+    registers, logs in with what it got and has its property post answered."""
+    import subprocess
+    import sys
+
+    state, ports = sdk_cloud
+    dn = "sdk-%s-01" % variant
+    emu.create_device(str(state / "devices.json"), PK, dn)
+    spec = {"pk": PK, "ps": PS, "dn": dn, "region": "cn-shanghai", "variant": variant, "https": ports["https"],
+            "mqtts": ports["mqtts"], "ca": (state / "ca.pem").read_text()}
+    run = subprocess.run([sys.executable, "-m", "host_tests.aliyun_sdk", json.dumps(spec)], cwd=REPO,
+                         capture_output=True, text=True, timeout=90)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert re.search(r"sdk: registered over %s.*rc 0" % ("https" if variant == "https" else "mqtt"), out), out
+    assert "sdk: logged in, rc 0" in out and "sdk: /sys/%s/%s/thing/event/property/post_reply 200" % (PK, dn) in out
+    record = json.loads((state / "devices.json").read_text())["aliyun"]["%s/%s" % (PK, dn)]
+    assert record["activated"] and record["registrations"] == 1 and record["logins"] == 1, record
+    log = (state / "cloud.log").read_text()
+    assert "mqtt login %s/%s ok (aliyun%s; device activated)" % (PK, dn, ", connwl" if variant == "regnwl" else "") in log
+    issued = record.get("secret") or record["token"]
+    assert_clean(out + log, (issued, PS), where="the SDK's output and the emulator's log")
