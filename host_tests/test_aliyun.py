@@ -51,15 +51,18 @@ def test_official_vectors(interp, tmp_path):
         "print('reg256', aliyun_reg.sign('hmacsha256', %r, %r, %r, %r))\n"
         "print('reg1', aliyun_reg.sign('hmacsha1', %r, %r, %r, %r))\n"
         "print('login', aliyun.password('hmacsha256', %r, '%s.%s', %r, %r, '2524608000000'))\n"
-        "print('reply', aliyun_reg.parse_http(%r))\n") % (
+        "print('reply', aliyun_reg.parse_http(%r))\n"
+        "print('docs', aliyun.password('hmacsha1', b'secret', '12345', 'device', 'pk', '789'))\n") % (
         PS.encode(), PK, DN, RANDOM, PS.encode(), PK, DN, RANDOM, DS.encode(), PK, DN, DN, PK, REPLY.encode()))
-    got = dict(line.split(" ", 1) for line in out.splitlines() if line[:4] in ("reg2", "reg1", "logi", "repl"))
+    got = dict(line.split(" ", 1) for line in out.splitlines() if line[:4] in ("reg2", "reg1", "logi", "repl", "docs"))
     assert got["reg256"] == SIGN  # the vendor's own value
     assert got["reg1"] == ref_hmac("hmacsha1", PS, "deviceName%sproductKey%srandom%s" % (DN, PK, RANDOM))
     assert got["reg1"] == "c6123bc05b87b81cec9d73c9d7e98d80c1147444"
     login = ref_hmac("hmacsha256", DS, "clientId%s.%sdeviceName%sproductKey%stimestamp2524608000000" % (PK, DN, DN, PK))
     assert got["login"] == login == "4cdce2673dbe3a3611d34b06a2dbb377f1e091505facd9b354314fc5ff3d5931"
     assert got["reply"] == "[('dev_secret', b'%s')]" % DS
+    # the login docs' example (clientId 12345, deviceName device, productKey pk, timestamp 789, secret "secret")
+    assert got["docs"].upper() == "FAFD82A3D602B37FB0FA8B7892F24A477F851A14"
 
 
 def test_emulator_signs_the_vectors_independently():
@@ -67,6 +70,8 @@ def test_emulator_signs_the_vectors_independently():
     assert emu.registration_sign(PS, PK, DN, RANDOM, "hmacSha1") == "c6123bc05b87b81cec9d73c9d7e98d80c1147444"
     assert emu.login_sign(DS, "%s.%s" % (PK, DN), DN, PK, "2524608000000") == (
         "4cdce2673dbe3a3611d34b06a2dbb377f1e091505facd9b354314fc5ff3d5931")
+    assert emu.login_sign("secret", "12345", "device", "pk", "789", "hmacsha1") == (
+        "FAFD82A3D602B37FB0FA8B7892F24A477F851A14".lower())
     # the firmware's HMAC is its own (crypto.hmac over hashlib); the emulator's is CPython's hmac module
     assert "import hmac" not in (REPO / "firmware" / "lib" / "dynreg" / "crypto.py").read_text()
 

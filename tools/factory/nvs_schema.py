@@ -75,7 +75,7 @@ KEYS = (
         "30000"),
     Key("sign_method", TEXT, "Tencent, Aliyun `hmacsha256`/`hmacsha1`; Protco `hmacSha256`/`hmacSha1`", "sha256"),
     Key("mqtt_host", TEXT, "MQTT broker", "the platform's"),
-    Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain)"),
+    Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain; Aliyun 1883)"),
     Key("keepalive_s", I32, "MQTT keepalive (seconds) in CONNECT; `poll()` pings when due. Tencent 1..900, UCloud "
                             "30..1200, Protco 1..65535, Aliyun 30..1200", "60"),
     Key("max_msg", I32, "largest MQTT packet read after login (bytes); a larger PUBLISH is skipped in 256-byte "

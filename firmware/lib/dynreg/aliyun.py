@@ -7,33 +7,38 @@ Registration is in aliyun_reg.py, which only the registration boot imports.
 import json
 
 from dynreg import ConfigError, crypto, log, mqtt, net, shown
-from dynreg.flow import broker
 
 KEEPALIVE = (30, 1200)  # s: the range the platform accepts
 _SET = "service/property/set"
 _POST = "event/property/post"
 
 
+def check(v, lo, hi, extra=""):
+    """ConfigError unless `v` is lo..hi characters of A-Za-z0-9 and `extra`: ids end up in client ids
+    (split at | , & =) and topics."""
+    ok = lo <= len(v) <= hi
+    for ch in v:
+        ok = ok and ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in extra)
+    if not ok:
+        raise ConfigError("aliyun: %r must be %d-%d characters of A-Za-z0-9%s" % (v, lo, hi, extra))
+
+
 def names(st, name):
-    """The ProductKey (NVS prod_id); ConfigError when it or DeviceName `name` does not fit the platform's
-    rules: both end up in client ids (split at | , &) and topics."""
+    """The ProductKey (NVS prod_id), checked with DeviceName `name` against the platform's rules."""
     pk = st.need("prod_id")
-    for v, lo, hi, extra in ((pk, 1, 32, ""), (name, 4, 32, "-_@.:")):
-        ok = lo <= len(v) <= hi
-        for ch in v:
-            ok = ok and ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in extra)
-        if not ok:
-            raise ConfigError("aliyun: %r must be %d-%d characters of A-Za-z0-9%s" % (v, lo, hi, extra))
+    check(pk, 1, 32)
+    check(name, 4, 32, "-_@.:")
     return pk
 
 
-def host(st, pk):
-    """The MQTT endpoint: <instance_id>.mqtt.iothub.aliyuncs.com for a new instance (NVS instance_id), else
-    the public instance's <pk>.iot-as-mqtt.<region>.aliyuncs.com (NVS ali_region, default cn-shanghai)."""
+def endpoint(st, pk):
+    """(host, port) of the broker: NVS mqtt_host, else <instance_id>.mqtt.iothub.aliyuncs.com for a new
+    instance (NVS instance_id), else the public instance's <pk>.iot-as-mqtt.<region>.aliyuncs.com (NVS
+    ali_region, default cn-shanghai); NVS mqtt_port, else 1883, the documented port (TLS or not)."""
     inst = st.text("instance_id")
-    if inst:
-        return inst + ".mqtt.iothub.aliyuncs.com"
-    return "%s.iot-as-mqtt.%s.aliyuncs.com" % (pk, st.text("ali_region", "cn-shanghai"))
+    h = inst + ".mqtt.iothub.aliyuncs.com" if inst else "%s.iot-as-mqtt.%s.aliyuncs.com" % (
+        pk, st.text("ali_region", "cn-shanghai"))
+    return st.text("mqtt_host") or h, st.int("mqtt_port", 1883)
 
 
 def password(method, secret, client, name, pk, ts):
@@ -59,7 +64,7 @@ def login(st, name, ctx, keepalive):
         # securemode 2: TLS, 3: plain TCP
         client = "%s|timestamp=%s,securemode=%d,signmethod=%s|" % (cid, ts, 3 if ctx is None else 2, method)
         pw = password(method, st.secret("dev_secret"), cid, name, pk, ts)
-    h, port = broker(st, host(st, pk), ctx)
+    h, port = endpoint(st, pk)
     return mqtt.connect(ctx, h, port, client, "%s&%s" % (name, pk), pw, keepalive), pk, name
 
 

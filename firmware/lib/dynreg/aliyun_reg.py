@@ -11,8 +11,7 @@ import json
 import os
 
 from dynreg import ConfigError, DynregError, crypto, http, log, mqtt, mqttreg, net, shown
-from dynreg.aliyun import host, names
-from dynreg.flow import broker
+from dynreg.aliyun import check, endpoint, names
 from dynreg.store import is_null
 
 
@@ -83,13 +82,15 @@ def register(st, name, ctx):
         raise ConfigError("aliyun: MQTT registration needs TLS (tls=1)")
     nwl = api == "mqtt-nwl"
     inst = st.text("instance_id")
+    if inst:
+        check(inst, 1, 64, "-_")
     # The current docs: securemode=-2 with an instanceId (new instances), 2 without; NVS secure_mode overrides.
     mode = st.text("secure_mode") or ("-2" if inst else "2")
     if mode not in ("2", "-2"):
         raise ConfigError("aliyun: NVS secure_mode is %r, not 2 or -2" % mode)
     client = "%s.%s|random=%s,authType=%s,securemode=%s,signmethod=%s%s|" % (
         name, pk, rnd, "regnwl" if nwl else "register", mode, method, ",instanceId=" + inst if inst else "")
-    h, port = broker(st, host(st, pk), ctx)
+    h, port = endpoint(st, pk)
     try:
         s = mqtt.login(ctx, h, port, client, "%s&%s" % (name, pk), sig, timeout=5)
     except DynregError as e:
