@@ -10,7 +10,7 @@ Run it in the foreground from the repository root:
 One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
 the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
-closes the older connection of its client id (MQTT-3.1.4-2). Three platforms are emulated:
+closes the older connection of its client id (MQTT-3.1.4-2). Four platforms are emulated:
 
 Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
@@ -55,6 +55,11 @@ Protco rlink v2 (section 3): signed registration over MQTT
 - a registration signature (pid, ts, password) belongs to the first unique id registered with it
   (it does not sign the unique id): another unique id with it is refused, CONNACK 5 (res 1002 for
   a session that logged in before).
+
+Alibaba Cloud IoT (docs/platforms/aliyun.md; the rules in tools/cloud/aliyun.py's docstring):
+registration over HTTPS POST /auth/register/device or over MQTT (authType=register / regnwl, the
+reply pushed on /ext/register / /ext/regnwl right after the CONNACK), the login with the device
+secret or the registration-free token, Alink property post / set.
 
 Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
 remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window, across
@@ -123,7 +128,7 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
+by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aliyun.py (each
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),
