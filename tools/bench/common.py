@@ -82,8 +82,12 @@ def device_settings(emu, platform, name, wifi=True):
     s = {"platform": platform, "prod_id": pid, "prod_secret": emu.secret(platform, pid), "dev_name": name,
          "mqtt_host": "localhost", "mqtt_port": emu.ports["mqtts"], "ca": {"file": "@cloud/ca.pem"},
          "max_tries": 1, "retry_ms": 100, "report_count": 1}
-    if platform == "tencent":
+    if platform in ("tencent", "aliyun"):  # registration over HTTPS
         s.update(reg_host="localhost", reg_port=emu.ports["https"])
+    if platform == "aliyun":  # its HTTPS registration needs the name created in the console first
+        from tools.cloud.aliyun import create_device
+
+        create_device(str(Path(emu.state) / "devices.json"), pid, name)
     if wifi:
         s.update(WIFI)
     return s

@@ -6,29 +6,11 @@ Registration is in aliyun_reg.py, which only the registration boot imports.
 
 import json
 
-from dynreg import ConfigError, crypto, log, mqtt, net, shown
+from dynreg import crypto, log, mqtt, net, shown
 
 KEEPALIVE = (30, 1200)  # s: the range the platform accepts
 _SET = "service/property/set"
 _POST = "event/property/post"
-
-
-def check(v, lo, hi, extra=""):
-    """ConfigError unless `v` is lo..hi characters of A-Za-z0-9 and `extra`: ids end up in client ids
-    (split at | , & =) and topics."""
-    ok = lo <= len(v) <= hi
-    for ch in v:
-        ok = ok and ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in extra)
-    if not ok:
-        raise ConfigError("aliyun: %r must be %d-%d characters of A-Za-z0-9%s" % (v, lo, hi, extra))
-
-
-def names(st, name):
-    """The ProductKey (NVS prod_id), checked with DeviceName `name` against the platform's rules."""
-    pk = st.need("prod_id")
-    check(pk, 1, 32)
-    check(name, 4, 32, "-_@.:")
-    return pk
 
 
 def endpoint(st, pk):
@@ -53,7 +35,7 @@ def login(st, name, ctx, keepalive):
     authType=connwl and the password is the deviceToken kept in dev_secret; otherwise the password
     is signed with the device secret over a millisecond timestamp.
     """
-    pk = names(st, name)
+    pk = st.need("prod_id")  # checked with the name at registration (aliyun_reg.names)
     cid = st.text("dev_client")
     if cid:
         client, pw = cid + "|securemode=-2,authType=connwl|", st.secret("dev_secret")

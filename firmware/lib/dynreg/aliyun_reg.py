@@ -10,9 +10,27 @@ import binascii
 import json
 import os
 
-from dynreg import ConfigError, DynregError, crypto, http, log, mqtt, mqttreg, net, shown
-from dynreg.aliyun import check, endpoint, names
+from dynreg import ConfigError, DynregError, crypto, log, net, shown
 from dynreg.store import is_null
+
+
+def check(v, lo, hi, extra=""):
+    """ConfigError unless `v` is lo..hi characters of A-Za-z0-9 and `extra`: ids end up in client ids
+    (split at | , & =) and topics."""
+    ok = lo <= len(v) <= hi
+    for ch in v:
+        ok = ok and ("a" <= ch <= "z" or "A" <= ch <= "Z" or "0" <= ch <= "9" or ch in extra)
+    if not ok:
+        raise ConfigError("aliyun: %r must be %d-%d characters of A-Za-z0-9%s" % (v, lo, hi, extra))
+
+
+def names(st, name):
+    """The ProductKey (NVS prod_id), checked with DeviceName `name` against the platform's rules (the login
+    boot takes them as they are: they worked here)."""
+    pk = st.need("prod_id")
+    check(pk, 1, 32)
+    check(name, 4, 32, "-_@.:")
+    return pk
 
 
 def sign(method, secret, pk, name, rnd):
@@ -66,7 +84,9 @@ def register(st, name, ctx):
     rnd = binascii.hexlify(os.urandom(8)).decode()  # any string: it makes each signature new
     sig = sign(method, st.secret("prod_secret"), pk, name, rnd)
     until = net.deadline(st.int("reg_timeout_ms", 30000))  # the whole exchange, however slow the cloud
-    if api == "https":
+    if api == "https":  # this boot loads the HTTP client only, the other the MQTT code only
+        from dynreg import http
+
         h = st.text("reg_host") or "iot-auth.%s.aliyuncs.com" % st.text("ali_region", "cn-shanghai")
         port = st.int("reg_port", 80 if ctx is None else 443)
         log("aliyun: POST http%s://%s:%d/auth/register/device" % ("" if ctx is None else "s", h, port))
@@ -80,6 +100,9 @@ def register(st, name, ctx):
         return parse_http(body)
     if ctx is None:
         raise ConfigError("aliyun: MQTT registration needs TLS (tls=1)")
+    from dynreg import mqtt, mqttreg
+    from dynreg.aliyun import endpoint
+
     nwl = api == "mqtt-nwl"
     inst = st.text("instance_id")
     if inst:
