@@ -150,6 +150,19 @@ def _refused(board, s, words):
     return run
 
 
+def test_settings_the_platform_cannot_take(cloud, board, interp):
+    """A ConfigError at once, naming the setting, before anything is sent."""
+    dn = name(interp, "ali-config")
+    for extra, words in (({"ali_reg": "coap"}, "aliyun: NVS ali_reg is 'coap', not https, mqtt or mqtt-nwl"),
+                         ({"sign_method": "hmacmd5"}, "unknown sign method 'hmacmd5'"),
+                         ({"dev_name": "a|b&c"}, "aliyun: 'a|b&c' must be 4-32 characters of A-Za-z0-9-_@.:"),
+                         ({"ali_reg": "mqtt", "instance_id": "x,y"}, "aliyun: 'x,y' must be 1-64 characters"),
+                         ({"ali_reg": "mqtt", "tls": 0}, "aliyun: MQTT registration needs TLS (tls=1)")):
+        run = board(dict(aliyun_settings(cloud, PK, dn), **extra), max_boots=1)
+        assert "ConfigError: " + words in run.out and "attempt 1 failed" not in run.out, run
+        assert "POST" not in run.out and "mqtt: connecting" not in run.out, run
+
+
 def test_refusals_reach_the_device(cloud, board, interp):
     """The cloud's no, as the device logs it: one line naming it, the lockout hint, nothing stored."""
     dn = name(interp, "ali-active")

@@ -41,7 +41,6 @@ def login(st, name, ctx, keepalive):
         client, pw = cid + "|securemode=-2,authType=connwl|", st.secret("dev_secret")
     else:
         method, ts = st.text("sign_method", "hmacsha256").lower(), "%d000" % net.unix_time()
-        crypto.hash_name(method)
         cid = "%s.%s" % (pk, name)
         # securemode 2: TLS, 3: plain TCP
         client = "%s|timestamp=%s,securemode=%d,signmethod=%s|" % (cid, ts, 3 if ctx is None else 2, method)

@@ -79,8 +79,7 @@ def register(st, name, ctx):
     api = st.text("ali_reg", "https")
     if api not in ("https", "mqtt", "mqtt-nwl"):
         raise ConfigError("aliyun: NVS ali_reg is %r, not https, mqtt or mqtt-nwl" % api)
-    method = st.text("sign_method", "hmacsha256").lower()
-    crypto.hash_name(method)
+    method = st.text("sign_method", "hmacsha256").lower()  # sign() refuses another (ConfigError)
     rnd = binascii.hexlify(os.urandom(8)).decode()  # any string: it makes each signature new
     sig = sign(method, st.secret("prod_secret"), pk, name, rnd)
     until = net.deadline(st.int("reg_timeout_ms", 30000))  # the whole exchange, however slow the cloud
