@@ -66,7 +66,7 @@ class Cloud:
                         found.add(p["secret"])
         for records in self.devices().values():
             for rec in records.values():
-                for key in ("psk", "secret", "password"):
+                for key in ("psk", "secret", "password", "token"):
                     if rec.get(key):
                         found.add(rec[key])
         return found
@@ -184,6 +184,18 @@ def mqtt_settings(cloud, platform, pid, name, **extra):
     s = dict(WIFI, **RUN, platform=platform, prod_id=pid, prod_secret=cloud.secret(platform, pid), dev_name=name,
              mqtt_host="localhost", mqtt_port=cloud.ports["mqtts"], ca={"file": "@cloud/ca.pem"}, retry_ms=100,
              max_tries=1)
+    s.update(extra)
+    return s
+
+
+def aliyun_settings(cloud, pid, name, variant="https", **extra):
+    """Factory settings of an Aliyun board (ali_reg `variant`) pointed at the emulator over TLS, its
+    DeviceName pre-registered in the emulator's console (devices.json)."""
+    from tools.cloud.aliyun import create_device
+
+    create_device(str(cloud.state / "devices.json"), pid, name)
+    s = mqtt_settings(cloud, "aliyun", pid, name, ali_reg=variant, reg_host="localhost",
+                      reg_port=cloud.ports["https"])
     s.update(extra)
     return s
 

@@ -7,7 +7,7 @@ import re
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from host_tests.conftest import REPO
 from tools.factory import provision
@@ -43,7 +43,12 @@ def test_file_matches_its_fingerprint_and_dates(platform):
     assert row["sha256"] == "`%s`" % cert.fingerprint(hashes.SHA256()).hex()
     assert row["valid"] == "%s – %s" % (cert.not_valid_before_utc.date(), cert.not_valid_after_utc.date())
     assert cert.subject == cert.issuer  # a root: the device trusts it directly
-    cert.verify_directly_issued_by(cert)
+    # signed by its own key; checked by hand: verify_directly_issued_by refuses the SHA-1 of older roots
+    key, algorithm = cert.public_key(), cert.signature_hash_algorithm
+    if isinstance(key, rsa.RSAPublicKey):
+        key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+    else:
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
     assert len(der) <= schema.MAX_BLOB
     assert re.search(r"github\.com/|PyPI", row["source"])
 
@@ -73,11 +78,12 @@ def _batch(tmp_path, **cells):
     return provision.read_batch(path)
 
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud", "aws"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "aliyun", "aws"])
 def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     der = x509.load_pem_x509_certificate((CA_DIR / ("%s.pem" % platform)).read_bytes()).public_bytes(
         serialization.Encoding.DER)
     host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn",
+            "aliyun": "a1ExpAkj9Hi.iot-as-mqtt.cn-shanghai.aliyuncs.com",
             "aws": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com"}[platform]
     for cells in ({}, {"ca": ""}, {"mqtt_host": host}):
         batch = _batch(tmp_path, platform=platform, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells,
@@ -101,6 +107,13 @@ def test_no_shipped_ca_for_other_hosts(tmp_path, cells, why):
     batch = _batch(tmp_path, prod_id="P", prod_secret="s", dev_name="dev-0001", tls="0", **cells)
     (_, entries, _), = provision.plan_images(batch, schema.PARTITION_SIZE)
     assert "ca" not in entries
+
+
+def test_aliyun_second_root_is_the_sdks():
+    """aliyun-iot-root.pem: the SDK's Aliyun IoT Root CA, with the fingerprint SOURCES.md states."""
+    cert = x509.load_pem_x509_certificate((CA_DIR / "aliyun-iot-root.pem").read_bytes())
+    assert cert.subject == cert.issuer and "Aliyun IoT Root CA" in cert.subject.rfc4514_string()
+    assert cert.fingerprint(hashes.SHA256()).hex() in (CA_DIR / "SOURCES.md").read_text()
 
 
 def test_aws_root_is_amazon_root_ca_1():

@@ -244,7 +244,7 @@ def test_no_ca_needed_without_tls_nor_prod_secret_with_a_device_secret(tmp_path,
 
 
 def test_error_unknown_platform(tmp_path, ca_pem):
-    _fails(tmp_path, [row(platform="aliyun")], r"row 1, column 1: platform is not one of tencent, ucloud, protco",
+    _fails(tmp_path, [row(platform="nosuchcloud")], r"row 1, column 1: platform is not one of tencent, ucloud, protco, aliyun",
            ca=ca_pem)
 
 

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from host_tests.conftest import INTERPS, PYTHON, REPO, SIM_RUNNER, mqtt_settings, tencent_settings
+from host_tests.conftest import INTERPS, PYTHON, REPO, SIM_RUNNER, aliyun_settings, mqtt_settings, tencent_settings
 from host_tests.faultproxy import CONNACK_UNAVAILABLE, HTTP_503, FaultProxy
 from host_tests.mqttproxy import DOWN, UP, MqttProxy
 from host_tests.secrets_scan import assert_clean, scan
@@ -143,6 +143,8 @@ def assert_consistent(board, platform, key):
         assert nvs.get("dev_key")
     elif platform == "tencent":
         assert nvs["dev_secret"].decode() == rec["psk"]
+    elif platform == "aliyun" and "token" in rec:  # registration-free: the token and the clientId
+        assert nvs["dev_secret"].decode() == rec["token"] and nvs["dev_client"].decode() == rec["client_id"]
     else:
         assert nvs["dev_secret"].decode() == rec["secret"]
         if platform == "protco":
@@ -173,6 +175,9 @@ PRODUCTS = {  # case -> (platform, pid, NVS writes of a registration)
     "tencent-cert": ("tencent", "SIMCERT001", 2),
     "ucloud": ("ucloud", "simucloudkey0001", 1),
     "protco": ("protco", "simprotcokey01", 3),
+    "aliyun-https": ("aliyun", "a1ExpAkj9Hi", 1),
+    "aliyun-mqtt": ("aliyun", "a1ExpAkj9Hi", 1),
+    "aliyun-nwl": ("aliyun", "a1ExpAkj9Hi", 2),
 }
 
 
@@ -181,6 +186,9 @@ def settings_for(cloud, product, name, **extra):
     extra = dict(dict(RETRY, max_tries=8), **extra)
     if platform == "tencent":
         return tencent_settings(cloud, pid, name, **extra)
+    if platform == "aliyun":  # one report: the cuts are all before it
+        variant = {"aliyun-nwl": "mqtt-nwl"}.get(product, product.split("-")[1])
+        return aliyun_settings(cloud, pid, name, variant, report_count=1, **extra)
     return mqtt_settings(cloud, platform, pid, name, **extra)
 
 
@@ -202,13 +210,15 @@ for _product, (_platform, _pid, _writes) in PRODUCTS.items():
 def test_power_cut(cloud, tmp_path, interp, product, when):
     """A power cut at each step ends registered and logged in, device and emulator agreeing."""
     platform, pid, writes = PRODUCTS[product]
-    name = "pc-%s-%s-%s" % (product.replace("tencent-", "t"), when.replace(":", "").replace("_", ""), interp[:2])
+    name = "pc-%s-%s-%s" % (product.replace("tencent-", "t").replace("aliyun-", "a"), when.replace(":", "").replace("_", ""),
+                            interp[:2])
     case = record(name, interp, 1)
     settings = settings_for(cloud, product, name)
     key = device_key(settings)
     board = Board(cloud, tmp_path, interp, settings)
-    port_key = "reg_port" if platform == "tencent" else "mqtt_port"
-    upstream = cloud.ports["https" if platform == "tencent" else "mqtts"]
+    over_http = platform == "tencent" or product == "aliyun-https"
+    port_key = "reg_port" if over_http else "mqtt_port"
+    upstream = cloud.ports["https" if over_http else "mqtts"]
     proxy = None
     if when == "before-request":
         # the board's first bytes (its TLS ClientHello) never reach the cloud: the power goes first
@@ -243,7 +253,8 @@ def test_power_cut(cloud, tmp_path, interp, product, when):
     case["passed"] = True
 
 
-REGISTERED_KEY = {"tencent-psk": "dev_secret", "tencent-cert": "dev_cert", "ucloud": "dev_secret", "protco": "dev_secret"}
+REGISTERED_KEY = {"tencent-psk": "dev_secret", "tencent-cert": "dev_cert", "ucloud": "dev_secret", "protco": "dev_secret",
+                  "aliyun-https": "dev_secret", "aliyun-mqtt": "dev_secret", "aliyun-nwl": "dev_secret"}
 
 
 @pytest.mark.parametrize("product", list(PRODUCTS))
@@ -251,14 +262,14 @@ def test_registered_key_is_written_last(cloud, tmp_path, product):
     """The key that means "registered" is the last item of a registration that NVS stores (only the identity
     marker follows it): a power cut at that write leaves every other item in flash and the board unregistered."""
     platform, pid, writes = PRODUCTS[product]
-    name = "order-%s" % product.replace("tencent-", "t")
+    name = "order-%s" % product.replace("tencent-", "t").replace("aliyun-", "a")
     settings = settings_for(cloud, product, name, max_tries=1)
     board = Board(cloud, tmp_path, "micropython", settings)
     case = record("registered-key-last-" + product, "micropython", 1)
     board.run(fault="nvs_write:%d" % writes, max_boots=1)
     assert board.rc == 3 and "[sim] power cut (fault injected)" in board.out, board.out
     nvs = board.nvs()
-    stored = [k for k in ("dev_key", "dev_pid", "dev_uuid", "dev_secret", "dev_cert") if k in nvs]
+    stored = [k for k in ("dev_key", "dev_pid", "dev_uuid", "dev_client", "dev_secret", "dev_cert") if k in nvs]
     assert REGISTERED_KEY[product] not in stored and len(stored) == writes - 1, stored
     # After it comes only the identity marker (dev_id: a cut there leaves a registered board, which writes
     # its marker at its first login; test_nvs_damage.py), so two writes later no cut happens at all.

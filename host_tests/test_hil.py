@@ -68,7 +68,7 @@ def test_make_n_hil(tmp_path):
 
 # -- the orchestration, on the simulated board -----------------------------------------------------
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud", "protco"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "protco", "aliyun"])
 def test_hil_blank_board_to_logged_in(tmp_path, platform):
     rc, out = hil(tmp_path, "--platform", platform, "--reg-port", "0", "--mqtt-port", "0")
     assert rc == 0 and "hil: PASS: the simulated board" in out, out

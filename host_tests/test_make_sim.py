@@ -28,7 +28,7 @@ def test_make_sim(settings):
     secrets |= {p["secret"] for products in registry.values() if isinstance(products, dict)
                 for p in products.values() if isinstance(p, dict) and "secret" in p}
     devices = json.loads((REPO / "build" / "sim" / "cloud" / "devices.json").read_text())
-    secrets |= {rec[k] for recs in devices.values() for rec in recs.values() for k in ("psk", "secret") if k in rec}
+    secrets |= {rec[k] for recs in devices.values() for rec in recs.values() for k in ("psk", "secret", "token") if k in rec}
     assert secrets
     public = {p for products in registry.values() if isinstance(products, dict) for p in products}
     assert_clean(out, secrets, public | {k for recs in devices.values() for k in recs}, derived=True,

@@ -87,11 +87,16 @@ def device_settings(emu, platform, name, wifi=True):
         s.update(claim_cert={"file": "@cloud/aws-claim.pem"}, claim_key={"file": "@cloud/aws-claim.key"})
     else:
         s["prod_secret"] = emu.secret(platform, pid)
-    if platform == "tencent":
+    if platform in ("tencent", "aliyun"):  # registration over HTTPS
         s.update(reg_host="localhost", reg_port=emu.ports["https"])
+    if platform == "aliyun":  # its HTTPS registration needs the name created in the console first
+        from tools.cloud.aliyun import create_device
+
+        create_device(str(Path(emu.state) / "devices.json"), pid, name)
     if wifi:
         s.update(WIFI)
     return s
+
 
 def floor_settings(emu, name):
     return dict(WIFI, dev_name=name, mqtt_host="localhost", mqtt_port=emu.ports["mqtts"], ca={"file": "@cloud/ca.pem"},

@@ -56,6 +56,10 @@ Protco rlink v2 (section 3): signed registration over MQTT
   (it does not sign the unique id): another unique id with it is refused, CONNACK 5 (res 1002 for
   a session that logged in before).
 
+Alibaba Cloud IoT (docs/platforms/aliyun.md; the rules in tools/cloud/aliyun.py's docstring):
+registration over HTTPS POST /auth/register/device or over MQTT (authType=register / regnwl, the
+reply pushed on /ext/register / /ext/regnwl right after the CONNACK), the login with the device
+secret or the registration-free token, Alink property post / set.
 AWS IoT Core (docs/platforms/aws.md): fleet provisioning by claim over mutual TLS
 - a claim certificate issued at start (state dir aws-claim.pem, aws-claim.key) may only use
   $aws/certificates/create/json and $aws/provisioning-templates/<template>/provision/json and
@@ -139,7 +143,7 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aws.py (each
+by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aliyun.py, aws.py (each
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),

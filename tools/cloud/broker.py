@@ -152,6 +152,12 @@ class CloudBroker(Broker):
         handler = self._get_handler(session)
         if qos and handler:  # queued like a broadcast's publish: amqtt collects the task
             self._tasks_queue.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, max(qos), retain=False)))
+    async def _client_message_loop(self, client_session, handler):
+        # amqtt calls this once the CONNACK is out: what the platform pushes unasked goes first
+        platform = self.platforms.get(client_session.attributes.get(PLATFORM))
+        for topic, data in platform.on_connected(client_session) if platform else ():
+            await handler.mqtt_publish(topic, data, 0, False)
+        return await super()._client_message_loop(client_session, handler)
 
     async def _handle_subscription(self, session, handler, subscribe_waiter):
         platform = self.platforms.get(session.attributes.get(PLATFORM))

@@ -128,6 +128,10 @@ class Platform:
         """Does a reply on_publish made for `topic` go to the publishing session only, not to every
         subscriber? (AWS's reserved topics are shared by all devices; their answers are not.)"""
         return False
+    def on_connected(self, session):
+        """(topic, bytes) messages sent to this session right after its CONNACK, unasked: no SUBSCRIBE
+        needed (Aliyun pushes a registration's result so)."""
+        return []
 
 
 class ConsolePlatform(Platform):

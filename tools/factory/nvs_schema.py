@@ -47,7 +47,7 @@ class Key:
 
 
 KEYS = (
-    Key("platform", TEXT, "`tencent`, `ucloud`, `protco` or `aws`", "required"),
+    Key("platform", TEXT, "`tencent`, `ucloud`, `protco`, `aliyun` or `aws`", "required"),
     Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
     Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
     Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
@@ -68,16 +68,16 @@ KEYS = (
     Key("dev_id", TEXT, "identity marker: the platform and device name the stored identity belongs to, written "
                         "after it; with it and no identity the NVS is damaged (no new registration)",
         written=REGISTRATION),
-    Key("reg_host", TEXT, "Tencent registration host", "`ap-guangzhou.gateway.tencentdevices.com`"),
-    Key("reg_port", I32, "Tencent registration port", "443 (80 plain)"),
+    Key("reg_host", TEXT, "Tencent / Aliyun HTTPS registration host", "`ap-guangzhou.gateway.tencentdevices.com`"),
+    Key("reg_port", I32, "Tencent / Aliyun HTTPS registration port", "443 (80 plain)"),
     Key("reg_api", TEXT, "Tencent: `device` (`/device/register`) or `legacy` (`/register/dev`)", "`device`"),
     Key("reg_timeout_ms", I32, "total deadline of one registration exchange (ms), however slowly the server sends",
         "30000"),
-    Key("sign_method", TEXT, "Tencent `hmacsha256`/`hmacsha1`; Protco `hmacSha256`/`hmacSha1`", "sha256"),
+    Key("sign_method", TEXT, "Tencent, Aliyun `hmacsha256`/`hmacsha1`; Protco `hmacSha256`/`hmacSha1`", "sha256"),
     Key("mqtt_host", TEXT, "MQTT broker (AWS: the account's endpoint, required)", "the platform's"),
-    Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain)"),
+    Key("mqtt_port", I32, "MQTT broker port", "8883 (1883 plain; Aliyun 1883)"),
     Key("keepalive_s", I32, "MQTT keepalive (seconds) in CONNECT; `poll()` pings when due. Tencent 1..900, UCloud "
-                            "30..1200, Protco 1..65535", "60"),
+                            "30..1200, Protco 1..65535, Aliyun 30..1200", "60"),
     Key("max_msg", I32, "largest MQTT packet read after login (bytes); a larger PUBLISH is skipped in 256-byte "
                         "pieces", "4096"),
     Key("ack_ms", I32, "how long `publish(qos=1)` waits for the PUBACK (ms)", "5000"),
@@ -98,6 +98,15 @@ KEYS = (
     Key("replace_sec", TEXT, "Protco: the secret of `replace_pid`", secret=True),
     Key("dev_uuid", TEXT, "Protco: the uuid the cloud assigned", written=REGISTRATION),
     Key("dev_pid", TEXT, "Protco: the pid the cloud assigned", written=REGISTRATION),
+    Key("ali_reg", TEXT, "Aliyun registration: `https` (`/auth/register/device`), `mqtt` (pre-registered, "
+                         "`/ext/register`) or `mqtt-nwl` (registration-free, `/ext/regnwl`)", "`https`"),
+    Key("ali_region", TEXT, "Aliyun region of the default hosts (`iot-auth.<region>.aliyuncs.com`, "
+                            "`<ProductKey>.iot-as-mqtt.<region>.aliyuncs.com`)", "`cn-shanghai`"),
+    Key("instance_id", TEXT, "Aliyun instance id (new public or enterprise instances): MQTT host "
+                             "`<id>.mqtt.iothub.aliyuncs.com`, `instanceId` in the MQTT registration"),
+    Key("secure_mode", TEXT, "Aliyun MQTT registration `securemode`: `2` or `-2`", "`-2` with `instance_id`, else `2`"),
+    Key("dev_client", TEXT, "Aliyun registration-free devices: the clientId the cloud assigned (its deviceToken "
+                            "is `dev_secret`)", written=REGISTRATION),
     Key("claim_cert", BINARY, "AWS: the fleet provisioning claim certificate (DER), shared by the product line",
         "required to register", secret=True),
     Key("claim_key", BINARY, "AWS: the claim certificate's private key (DER); erased with `forget_prod`",
@@ -113,6 +122,7 @@ SECRET_KEYS = tuple(k.name for k in KEYS if k.secret)
 IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real value = registered
 # The hosts each platform's devices dial by default, and the domain its own hosts are under.
 PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in",
+                    "aliyun": ".aliyuncs.com",
                     "aws": ".amazonaws.com"}
 
 

@@ -92,6 +92,8 @@ def board_settings(platform, host, ports, ca, wifi_ssid, wifi_pass):
                 "ca": {"file": str(ca)}}
     if platform == "tencent":
         settings.update(reg_host=host, reg_port=ports["https"])
+    if platform == "aliyun":  # the board's name (its MAC) is unknown here: registration-free needs no pre-registration
+        settings["ali_reg"] = "mqtt-nwl"
     return settings
 
 
