@@ -35,6 +35,7 @@ class Product:
     probe_commands: bool = True   # protco: command a device after its first property report
     forced_code: object = None    # test knob: ucloud "retcode", protco "res"
     reply: str = "normal"         # test knob: "normal", "none" or "other_id"
+    options: dict = None          # every option as given: what only its platform reads (azure), checked there
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _product(platform, pid, spec, options):
                    auto_create=bool(fields.get("auto_create", True)), auth=fields.get("auth", "psk"),
                    devices=tuple(devices), whitelist=None if whitelist is None else tuple(whitelist),
                    probe_commands=bool(fields.get("probe_commands", True)), forced_code=forced,
-                   reply=fields.get("reply", "normal"))
+                   reply=fields.get("reply", "normal"), options=fields)
 
 
 class DeviceStore:

@@ -47,7 +47,7 @@ class Key:
 
 
 KEYS = (
-    Key("platform", TEXT, "`tencent`, `ucloud` or `protco`", "required"),
+    Key("platform", TEXT, "`tencent`, `ucloud`, `protco` or `azure`", "required"),
     Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
     Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
     Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
@@ -68,7 +68,8 @@ KEYS = (
     Key("dev_id", TEXT, "identity marker: the platform and device name the stored identity belongs to, written "
                         "after it; with it and no identity the NVS is damaged (no new registration)",
         written=REGISTRATION),
-    Key("reg_host", TEXT, "Tencent registration host", "`ap-guangzhou.gateway.tencentdevices.com`"),
+    Key("reg_host", TEXT, "Tencent registration host; Azure: the DPS host (`mqtt_host` overrides it)", "`ap-guangzhou.gateway.tencentdevices.com`, "
+        "Azure `global.azure-devices-provisioning.net`"),
     Key("reg_port", I32, "Tencent registration port", "443 (80 plain)"),
     Key("reg_api", TEXT, "Tencent: `device` (`/device/register`) or `legacy` (`/register/dev`)", "`device`"),
     Key("reg_timeout_ms", I32, "total deadline of one registration exchange (ms), however slowly the server sends",
@@ -98,12 +99,17 @@ KEYS = (
     Key("replace_sec", TEXT, "Protco: the secret of `replace_pid`", secret=True),
     Key("dev_uuid", TEXT, "Protco: the uuid the cloud assigned", written=REGISTRATION),
     Key("dev_pid", TEXT, "Protco: the pid the cloud assigned", written=REGISTRATION),
+    Key("token_ttl_s", I32, "Azure: lifetime of a SAS token (seconds, at least 2); the login is renewed at 3/4 of it",
+        "3600"),
+    Key("az_hub", TEXT, "Azure: the IoT hub DPS assigned (`assignedHub`)", written=REGISTRATION),
+    Key("az_device", TEXT, "Azure: the device id DPS assigned (`deviceId`)", written=REGISTRATION),
 )
 BY_NAME = dict((k.name, k) for k in KEYS)
 SECRET_KEYS = tuple(k.name for k in KEYS if k.secret)
 IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real value = registered
-# The hosts each platform's devices dial by default, and the domain its own hosts are under.
-PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in"}
+# The hosts each platform's devices dial by default, and the domain (or domains) its own hosts are under.
+PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in",
+                    "azure": (".azure-devices.net", ".azure-devices-provisioning.net")}
 
 
 class SchemaError(ValueError):
