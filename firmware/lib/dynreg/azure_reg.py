@@ -46,7 +46,7 @@ def device_key(group_key, regid):
 
 
 def parse_topic(topic):
-    """(status, $rid, retry-after s or None) of a DPS reply topic (bytes), None for another topic.
+    """(status, $rid (bytes), retry-after s or None) of a DPS reply topic (bytes), None for another topic.
 
     $dps/registrations/res/<status>/?$rid=<rid>[&retry-after=<s>]; a retry-after that is no whole
     number counts as absent."""
@@ -59,7 +59,7 @@ def parse_topic(topic):
     for field in query.split(b"&"):
         k, _, v = field.partition(b"=")
         if k == b"$rid":
-            rid = v.decode()
+            rid = v
         elif k == b"retry-after" and v.isdigit() and len(v) <= 9:
             after = int(v)
     return int(status), rid, after
@@ -94,7 +94,7 @@ def outcome(status, reply):
 
 
 def _reply(s, rid, until):
-    """The (status, retry-after, JSON object) of the reply to request `rid`, read by ticks_ms `until`."""
+    """The (status, retry-after, JSON object) of the reply to request `rid` (bytes), read by ticks_ms `until`."""
     while True:
         kind, body = mqtt.read(s, _MAX_PACKET, None, until)
         if kind == 0x90 and body[-1:] == b"\x80":
@@ -104,7 +104,7 @@ def _reply(s, rid, until):
         n = body[0] << 8 | body[1]
         got = parse_topic(body[2:2 + n])
         if got is None or got[1] != rid:
-            log("ignoring a message that is no reply to request %s" % rid)
+            log("ignoring a message that is no reply to request %s" % rid.decode())
             continue
         try:
             r = json.loads(body[2 + n + (2 if kind & 6 else 0):])
@@ -127,14 +127,16 @@ def register(st, name, ctx):
     s = mqtt.login(ctx, host, port, name, "%s/%s" % (res, _API), sas(key, res, net.unix_time() + ttl(st),
                                                                       "registration"), 120, 5)
     try:
-        first, op = mqtt.subscribe(1, ("$dps/registrations/res/#",)), None
+        first, op, n = mqtt.subscribe(1, ("$dps/registrations/res/#",)), None, 0
         while True:
-            rid = binascii.hexlify(os.urandom(4)).decode()
+            n += 1
+            rid = binascii.hexlify(os.urandom(4))
             if op is None:
-                topic = "$dps/registrations/PUT/iotdps-register/?$rid=" + rid
+                topic = b"$dps/registrations/PUT/iotdps-register/?$rid=" + rid
                 body = json.dumps({"registrationId": name}).encode()
             else:
-                topic, body = "$dps/registrations/GET/iotdps-get-operationstatus/?$rid=%s&operationId=%s" % (rid, op), b""
+                topic = b"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=" + rid + b"&operationId=" + op
+                body = b""
             s.setblocking(True)  # writes whole; reads stay non-blocking, under the deadline
             # the first time SUBSCRIBE and PUT go in one write: one round trip, not two
             s.write(first + mqtt.packet(0x30, mqtt.string(topic) + body))
@@ -145,12 +147,12 @@ def register(st, name, ctx):
             if what == "assigned":
                 break
             if what == "wait":
-                op = value
+                op = value.encode()
             wait = _WAIT if after is None else after
             left = time.ticks_diff(until, time.ticks_ms()) // 1000
             if wait > left:
                 raise DynregError("azure: DPS asks to wait %d s; the registration deadline is %d s away" % (wait, left))
-            log("azure: DPS %d (%s); asking again in %d s" % (status, shown(reply.get("status"), 16), wait))
+            log("azure: DPS %d (%s) to request %d; asking again in %d s" % (status, shown(reply.get("status"), 16), n, wait))
             time.sleep_ms(wait * 1000)
     finally:
         try:
