@@ -344,3 +344,90 @@ def test_hostile_dps_replies(cloud, tmp_path, interp, case, reply, why):
     board = _hostile(cloud, tmp_path, interp, reply)
     assert board.rc != 0 and re.search(why, board.out), board.out
     assert "giving up after 1 attempts" in board.out, board.out
+
+
+# ------------------------------------------------------------------------------------------------ the official SDK
+
+class ConnectProxy:
+    """An HTTP CONNECT proxy on loopback that takes every tunnel to the emulator's TLS port, whatever host and
+    port were asked: how the SDK, which always dials 8883, reaches an emulator on an ephemeral port."""
+
+    def __init__(self, upstream_port):
+        import socket
+        import threading
+
+        self.upstream, self.asked = upstream_port, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 4096:
+                chunk = client.recv(1024)
+                if not chunk:
+                    break
+                head += chunk
+            self.asked.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_official_sdk(cloud):
+    """azure-iot-device provisions through the emulator's DPS (SDK defaults: its UUID rids, no skn, clean session
+    off) and sends telemetry to the assigned hub; only endpoints and the CA are redirected."""
+    from azure.iot.device import IoTHubDeviceClient, Message, ProvisioningDeviceClient, ProxyOptions
+
+    name = "az-sdk-client"
+    key = emulator.derive(REGISTRY[FAST]["secret"], name)
+    ca = (cloud.state / "ca.pem").read_text()
+    proxy = ConnectProxy(cloud.ports["mqtts"])
+    via = ProxyOptions("HTTP", "127.0.0.1", proxy.port)
+    try:
+        dps = ProvisioningDeviceClient.create_from_symmetric_key(
+            provisioning_host="localhost", registration_id=name, id_scope=FAST, symmetric_key=key,
+            server_verification_cert=ca, proxy_options=via)
+        result = dps.register()
+        assert result.status == "assigned", result
+        state = result.registration_state
+        assert (state.assigned_hub, state.device_id) == ("sim-hub.azure-devices.net", name)
+        hub = IoTHubDeviceClient.create_from_symmetric_key(
+            symmetric_key=key, hostname=state.assigned_hub, device_id=state.device_id, server_verification_cert=ca,
+            gateway_hostname="localhost", proxy_options=via)
+        hub.connect()
+        hub.send_message(Message('{"temp": 21.5}', content_encoding="utf-8", content_type="application/json"))
+        hub.shutdown()
+    finally:
+        proxy.close()
+    assert proxy.asked[0] == "CONNECT localhost:8883 HTTP/1.0" or proxy.asked[0].startswith("CONNECT localhost:8883")
+    rec = cloud.devices()["azure"]["%s/%s" % (FAST, name)]
+    assert rec["activated"] and rec["telemetry"] == 1 and rec["round_trips"] >= 2 + 3, rec
