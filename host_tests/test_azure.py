@@ -431,3 +431,14 @@ def test_official_sdk(cloud):
     assert proxy.asked[0] == "CONNECT localhost:8883 HTTP/1.0" or proxy.asked[0].startswith("CONNECT localhost:8883")
     rec = cloud.devices()["azure"]["%s/%s" % (FAST, name)]
     assert rec["activated"] and rec["telemetry"] == 1 and rec["round_trips"] >= 2 + 3, rec
+
+
+def test_secret_scan_sees_sas_tokens_and_device_keys():
+    """The scan every board run goes through catches a SAS token, its signature alone, and a derived key."""
+    from host_tests.secrets_scan import scan
+
+    key = emulator.derive(REGISTRY[MAIN]["secret"], "dev-1")
+    token = "SharedAccessSignature sr=s%2Fregistrations%2Fdev-1&sig=" + quote(SDK_SIG, safe="") + "&se=1"
+    for leaked in (token, "password " + token[22:], "signed " + quote(SDK_SIG, safe=""), "key " + key):
+        assert scan("dynreg: %s\n" % leaked, [], derived=True), leaked
+    assert not scan("dynreg: azure: assigned to hub sim-hub.azure-devices.net as device dev-1\n", [], derived=True)
