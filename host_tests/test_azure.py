@@ -22,6 +22,7 @@ import pytest
 from host_tests.conftest import INTERPS, REPO, RUN, WIFI, run_on_device
 from host_tests.mqttproxy import DOWN, UP, MqttProxy, packet
 from host_tests.test_faults import Board
+from tools.bench.reconnect import DropProxy
 from tools.cloud import azure as emulator
 from tools.cloud.platform import Refused
 
@@ -367,18 +368,13 @@ def test_hostile_dps_replies(cloud, tmp_path, interp, case, reply, why):
 
 # ------------------------------------------------------------------------------------------------ the official SDK
 
-class ConnectProxy:
+class ConnectProxy(DropProxy):
     """An HTTP CONNECT proxy on loopback that takes every tunnel to the emulator's TLS port, whatever host and
     port were asked: how the SDK, which always dials 8883, reaches an emulator on an ephemeral port."""
 
     def __init__(self, upstream_port):
-        import socket
-        import threading
-
-        self.upstream, self.asked = upstream_port, []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.asked = []
+        super().__init__(upstream_port)
 
     def _accept(self):
         import socket
@@ -396,29 +392,10 @@ class ConnectProxy:
                     break
                 head += chunk
             self.asked.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
-            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            upstream = socket.create_connection(self.upstream)
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def close(self):
-        self.listener.close()
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
 
 def sdk_register(cloud, name, proxy):

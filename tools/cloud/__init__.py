@@ -10,7 +10,8 @@ Run it in the foreground from the repository root:
 One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
 the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
-closes the older connection of its client id (MQTT-3.1.4-2). Three platforms are emulated:
+closes the older connection of its client id (MQTT-3.1.4-2); a login whose credentials carry an
+expiry (Azure's SAS tokens) is closed when they expire. Four platforms are emulated:
 
 Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
@@ -56,6 +57,20 @@ Protco rlink v2 (section 3): signed registration over MQTT
   (it does not sign the unique id): another unique id with it is refused, CONNACK 5 (res 1002 for
   a session that logged in before).
 
+Azure IoT Hub DPS and IoT Hub (docs/platforms/azure.md; the rules in tools/cloud/azure.py)
+- DPS login: ClientId <registration id>, Username "<ID scope>/registrations/<registration id>/api-version=..",
+  Password a SAS token; the session subscribes $dps/registrations/res/#, publishes the register PUT and
+  the operation-status GET, and hears the replies to its own $rid only. The PUT is checked (scope known,
+  registration id of a-z 0-9 -, group enabled, SAS signed with the key derived from the group key and
+  not expired, body) and answered 202 {"operationId", "status": "assigning"} with retry-after; after
+  the product's "polls" GETs the outcome is "assigned" (hub, deviceId = registration id) or "failed".
+  Refusals: 401 / errorCode 401002 (scope, key, disabled group), 400 / 400004 (registration id, body),
+  404 / 404201 (unknown operation). A device may register again at any time (its key is derived).
+- hub login: ClientId <deviceId>, Username "<hub>/<deviceId>/?api-version=..", Password a SAS token over
+  <hub>/devices/<deviceId> signed with the device key (CONNACK 5 when wrong or expired); the connection
+  is closed when the token expires. Topics: publish devices/<id>/messages/events/.., subscribe and
+  receive devices/<id>/messages/devicebound/#.
+
 Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
 remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window, across
 restarts (seen-tencent.json); the same again is refused with AuthFailure.SignatureFailure, Message "nonce already used within the timestamp
@@ -84,9 +99,14 @@ Registry file (JSON; keys starting with "_" are comments, at any level):
      "protco": {"<pid>": {"secret": "...", "dynreg": true,
         "probe_commands": true,  # ping + property_set after the first property_report
         "res": ..., "reply": "normal"}},                         # test knobs, see below
+     "azure": {"<ID scope>": {"secret": "<enrollment group key, base64>", "dynreg": true,
+        "polls": 2,              # operation-status GETs before the outcome
+        "retry_after": 1,        # seconds, in every 202
+        "hub": "sim-hub.azure-devices.net",   # the assignedHub
+        "allocation": "assigned"}},           # or "failed" (test knob)
      "console": {"username": "..."}}      # its password: console.password in the state directory
 
-UCloud and Protco product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
+UCloud, Protco and Azure product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
 subscribe and publish anything ("$" topics included) to watch devices or command them; from
 another machine over TLS only, unless --console-over-tcp.
 
@@ -104,7 +124,9 @@ State directory (kept across restarts; delete it to start afresh):
   devices.json              {"tencent": {"<pid>/<dn>": {"psk" | "cert_fp", ...}},
                              "ucloud": {"<psn>/<dsn>": {"secret", ...}},
                              "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
-                             "commands_answered", ...}}}; every record also holds "activated",
+                             "commands_answered", ...}},
+                             "azure": {"<scope>/<registration id>": {"secret" (the derived key), "hub",
+                             "device_id", "telemetry", ...}}}; every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
                             The file is also the console: replaced while the emulator runs (e.g. by
                             registry.forget_device(path, platform, key), "delete the device"), it is
@@ -123,7 +145,7 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
+by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, azure.py (each
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),

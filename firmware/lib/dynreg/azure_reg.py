@@ -155,11 +155,6 @@ def register(st, name, ctx):
             log("azure: DPS %d (%s) to request %d; asking again in %d s" % (status, shown(reply.get("status"), 16), n, wait))
             time.sleep_ms(wait * 1000)
     finally:
-        try:
-            s.setblocking(True)
-            s.write(b"\xe0\x00")  # DISCONNECT
-        except OSError:
-            pass  # the registration connection is done with either way
-        s.close()
+        mqtt.disconnect(s)
     log("azure: assigned to hub %s as device %s" % (shown(value["assignedHub"]), shown(value["deviceId"])))
     return [("az_hub", value["assignedHub"]), ("az_device", value["deviceId"]), ("dev_secret", key)]

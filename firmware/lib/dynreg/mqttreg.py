@@ -67,9 +67,4 @@ def exchange(s, topic, reply_topic, id_key, request, until, timeout_ms=5000):
                     return r
                 log("ignoring a reply for another request")
     finally:
-        try:
-            s.setblocking(True)
-            s.write(b"\xe0\x00")  # DISCONNECT
-        except OSError:
-            pass  # the registration connection is done with either way
-        s.close()
+        mqtt.disconnect(s)
