@@ -479,3 +479,24 @@ def test_hub_refuses_and_expires_tokens(cloud):
     except (ConnectionResetError, socket.timeout) as e:
         assert isinstance(e, ConnectionResetError), "the session outlived its token"
     assert "mqtt %s: login credentials expired, connection closed" % name in cloud.log()
+
+
+@pytest.mark.parametrize("spec, why", [
+    ({"secret": "not-base64-at-all!!"}, "secret must be the group key in base64"),
+    ({"secret": REGISTRY[MAIN]["secret"], "polls": 0}, "polls must be an integer of at least 1"),
+    ({"secret": REGISTRY[MAIN]["secret"], "retry_after": "1"}, "retry_after must be an integer"),
+    ({"secret": REGISTRY[MAIN]["secret"], "allocation": "maybe"}, "allocation"),
+])
+def test_registry_options_checked(tmp_path, spec, why):
+    """A bad enrollment group in the registry stops the emulator with one line naming it, no traceback."""
+    import subprocess
+
+    from host_tests.conftest import PYTHON
+
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"azure": {"0ne00BAD": spec}}))
+    proc = subprocess.run([PYTHON, "-m", "tools.cloud", "--state", str(tmp_path / "s"), "--registry", str(path),
+                           "--http-port", "0", "--https-port", "0", "--mqtt-port", "0", "--mqtts-port", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cloud: cannot use registry" in proc.stdout and why in proc.stdout, proc
+    assert "Traceback" not in proc.stdout + proc.stderr and "0ne00BAD" in proc.stdout
