@@ -56,7 +56,27 @@ import json
 from dynreg import DynregError, azure, azure_reg, crypto
 
 
+class Stream:
+    """What the broker sent, as a socket that has it all (EOF after it)."""
+
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def read(self, n):
+        d = self.data[self.pos:self.pos + n]
+        self.pos += len(d)
+        return d
+
+
 def run(kind, args):
+    if kind == "reply":
+        import time
+        try:
+            status, after, r = azure_reg._reply(Stream(binascii.unhexlify(args[0])), args[1].encode(),
+                                                time.ticks_add(time.ticks_ms(), 5000))
+            return ["ok", [status, after, r]]
+        except DynregError as e:
+            return ["error", str(e)]
     if kind == "quote":
         return azure.quote(binascii.unhexlify(args))
     if kind == "topic":
@@ -143,6 +163,7 @@ def cases():
         bodies.append([status, body])
         ow.append(_outcome(status, body))
     c["outcome"], want["outcome"] = bodies, ow
+    c["reply"], want["reply"] = _replies(rng)
     # derived keys and SAS tokens, checked by the emulator's own implementation
     keys = [base64.b64encode(bytes(rng.randrange(256) for _ in range(rng.choice([16, 32, 64])))).decode()
             for _ in range(N)]
@@ -154,6 +175,59 @@ def cases():
     expiries = [int(time.time()) + rng.randint(60, 10 ** 6) for _ in range(N)]
     c["sas"] = [[k, r, se, rng.choice([None, "registration"])] for k, r, se in zip(keys, resources, expiries)]
     return c, want
+
+
+def _mqtt(first, body):
+    n, head = len(body), bytearray([first])
+    while n > 0x7F:
+        head.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(head + bytes([n]) + body)
+
+
+def _replies(rng):
+    """Streams of broker packets around a reply, and what the device must make of each."""
+    streams, want = [], []
+    for _ in range(N):
+        rid = _text(rng, "0123456789abcdef", 8) or "0"
+        data, verdict = b"", None
+        kinds = [rng.choice(["suback", "publish", "publish", "publish", "ping"]) for _ in range(rng.randint(1, 5))]
+        for kind in kinds + [rng.choice(["junk", "big"] + ["none"] * 8)]:
+            if kind == "suback":
+                code = rng.choice([b"\x00", b"\x01", b"\x80"])
+                data += _mqtt(0x90, b"\x00\x01" + code)
+                if code == b"\x80" and verdict is None:
+                    verdict = ["error", "refused the subscription"]
+            elif kind == "ping":
+                data += _mqtt(0xD0, b"")
+            elif kind == "big":
+                data += _mqtt(0x30, bytes(2049))
+                verdict = verdict or ["error", "exceeds the 2048-byte limit"]
+                break
+            elif kind == "none":
+                break
+            elif kind == "junk":
+                data += bytes([rng.choice([0x30, 0x20, 0x40])]) + bytes(rng.randrange(256) for _ in range(3))
+                break
+            else:
+                status = rng.choice([200, 202, 401, 1000])
+                mine = rng.random() < 0.5
+                topic = ("$dps/registrations/res/%d/?$rid=%s" % (status, rid if mine else rid + "x")).encode()
+                after = rng.choice([None, 0, 3])
+                if after is not None:
+                    topic += b"&retry-after=%d" % after
+                obj = {"status": rng.choice(["assigning", "assigned"]), "operationId": _text(rng, "abc.4-", 10)}
+                payload = rng.choice([json.dumps(obj).encode()] * 4 + [b"[1, 2]", b"{{", b"\xff", b'"text"'])
+                qos1 = rng.random() < 0.3
+                body = len(topic).to_bytes(2, "big") + topic + (b"\x00\x07" if qos1 else b"") + payload
+                data += _mqtt(0x32 if qos1 else 0x30, body)
+                if verdict is None and mine and status < 1000:
+                    value = json.loads(payload) if payload.startswith(b"{\"") else None
+                    verdict = ["ok", [status, after, value]] if value else ["error", "is not a JSON object"]
+        streams.append([data.hex(), rid])
+        # a stream that ends (or breaks) before the verdict: the reading fails, naming MQTT
+        want.append(verdict or ["error", "mqtt: "])
+    return streams, want
 
 
 def _outcome(status, body):
@@ -192,8 +266,10 @@ def test_vectors_and_fuzz(interp, tmp_path):
         assert len(got[name]) == len(want[name]) >= N
         bad = [(i, g, w) for i, (g, w) in enumerate(zip(got[name], want[name])) if g != w]
         assert not bad, (name, bad[:3])
-    for i, (g, w) in enumerate(zip(got["outcome"], want["outcome"])):
-        assert g[0] == w[0] and (g[1] == w[1] if w[0] == "ok" else w[1] in g[1]), (i, c["outcome"][i], g, w)
+    for name in ("outcome", "reply"):
+        assert len(got[name]) == len(want[name]) >= N
+        for i, (g, w) in enumerate(zip(got[name], want[name])):
+            assert g[0] == w[0] and (g[1] == w[1] if w[0] == "ok" else w[1] in g[1]), (name, i, c[name][i], g, w)
     # the emulator's independent check accepts every token the device made, and no altered one
     for (k, r, se, policy), token in zip(c["sas"], got["sas"]):
         assert emulator.check_sas(token, r, k, policy) == se
@@ -201,7 +277,8 @@ def test_vectors_and_fuzz(interp, tmp_path):
         forged = token.replace("&se=%d" % se, "&se=%d" % (se + 1))
         with pytest.raises(Refused, match="signature"):
             emulator.check_sas(forged, r, k, policy)
-    assert sum(1 for t in want["topic"] if t) >= N // 5 and sum(1 for o in want["outcome"] if o[0] == "ok") >= N // 5
+    assert sum(1 for t in want["topic"] if t) >= N // 5
+    assert all(sum(1 for o in want[k] if o[0] == "ok") >= N // 5 for k in ("outcome", "reply"))
 
 
 def test_emulator_sas_checks():
