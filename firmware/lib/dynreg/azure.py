@@ -1,5 +1,5 @@
 """Azure IoT Hub: the MQTT login with a SAS token signed by the device key, renewed before it expires
-(docs/platforms/azure.md "IoT Hub login").
+(docs/platforms/azure.md "Wire format", "Token renewal").
 
 The SAS token and the percent-encoder serve the registration too (azure_reg.py, Device Provisioning
 Service), which only the registration boot imports.

@@ -1,5 +1,5 @@
 """Azure IoT Hub Device Provisioning Service: registration with an enrollment group's symmetric key
-over MQTT (docs/platforms/azure.md "Registration").
+over MQTT (docs/platforms/azure.md "Wire format").
 
 Round trip 1 is CONNECT/CONNACK with a SAS token signed by the device key derived from the group
 key; round trip 2 sends SUBSCRIBE $dps/registrations/res/# and the register PUT in one write; DPS
@@ -152,7 +152,8 @@ def register(st, name, ctx):
             left = time.ticks_diff(until, time.ticks_ms()) // 1000
             if wait > left:
                 raise DynregError("azure: DPS asks to wait %d s; the registration deadline is %d s away" % (wait, left))
-            log("azure: DPS %d (%s) to request %d; asking again in %d s" % (status, shown(reply.get("status"), 16), n, wait))
+            log("azure: DPS %d (%s) to request %d; asking again in %d s"
+                % (status, shown(reply.get("status"), 16), n, wait))
             time.sleep_ms(wait * 1000)
     finally:
         mqtt.disconnect(s)
