@@ -365,9 +365,10 @@ def test_refusals(cloud, board, interp, case, extra, why):
     assert "registered: stored" not in run.out
 
 
-# after the 202 to the PUT, after the 202 to the first GET; after the assignment, at the first and the last
+# as the DPS connection starts, after the 202 to the PUT, after the 202 to the first GET; after the
+# assignment, at the first and the last
 # (the device key) NVS write; after the commit
-POWER = ["to request 1;", "to request 2;", "nvs_write:1", "nvs_write:3", "nvs_commit:1"]
+POWER = ["mqtt: connecting to", "to request 1;", "to request 2;", "nvs_write:1", "nvs_write:3", "nvs_commit:1"]
 
 
 # the NVS writes are the shared flow's: under MicroPython only
@@ -433,6 +434,8 @@ def _hostile(cloud, tmp_path, interp, reply, **extra):
                             b'{"operationId":"4.a.b","status":"assigned","registrationState":{"deviceId":"d"}}'),
      r"DPS assigned the device but named no assignedHub and deviceId"),
     ("not-json", lambda rid: (b"$dps/registrations/res/202/?$rid=" + rid, b"\xff{{"), r"DPS reply 202 is not a JSON"),
+    ("throttled", lambda rid: (b"$dps/registrations/res/429/?$rid=" + rid + b"&retry-after=0", b'{"errorCode":429001}'),
+     r"DPS 429 \(retry\) to request 1; asking again in 0 s\n(.|\n)*no complete answer before the deadline"),
     ("wrong-rid", lambda rid: (b"$dps/registrations/res/200/?$rid=x" + rid, b'{"status":"assigned"}'),
      r"ignoring a message that is no reply to request [0-9a-f]+\n(.|\n)*no complete answer before the deadline"),
 ])

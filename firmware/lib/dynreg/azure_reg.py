@@ -153,7 +153,7 @@ def register(st, name, ctx):
             if wait > left:
                 raise DynregError("azure: DPS asks to wait %d s; the registration deadline is %d s away" % (wait, left))
             log("azure: DPS %d (%s) to request %d; asking again in %d s"
-                % (status, shown(reply.get("status"), 16), n, wait))
+                % (status, shown(reply.get("status", what), 16), n, wait))
             time.sleep_ms(wait * 1000)
     finally:
         mqtt.disconnect(s)
