@@ -111,6 +111,14 @@ class Device:
             self.on_state(True)
         return True
 
+    def _renew(self):
+        """Log in again with fresh credentials before the current ones expire (renew_at): the application
+        stays online; a failure is a lost connection (poll() re-makes it with the back-off)."""
+        self._send(b"\xe0\x00")  # DISCONNECT: a clean end of the old session
+        self.client.sock.close()
+        self._login()
+        log("mqtt: login renewed (its credentials were about to expire)")
+
     def _send(self, data, topic=None):
         """Write `data` whole (to `topic` as umqtt.simple's QoS 0 publish when given)."""
         s = self.client.sock
@@ -129,8 +137,8 @@ class Device:
     def _keepalive(self):
         now = time.ticks_ms()
         if self.renew_at is not None and time.ticks_diff(now, self.renew_at) >= 0:
-            self._send(b"\xe0\x00")  # DISCONNECT: a clean end, then the reconnect logs in with fresh credentials
-            raise DynregError("login credentials expire: renewing them")
+            self._renew()
+            return
         if self._ping:
             if time.ticks_diff(now, self._ping) > min(self.keepalive, _TIMEOUT) * 1000:
                 raise DynregError("no PINGRESP within %d s" % min(self.keepalive, _TIMEOUT))
