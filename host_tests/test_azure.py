@@ -345,6 +345,31 @@ def test_register_login_renew_and_cloud_to_device(cloud, tmp_path, interp):
     assert_clean(out, cloud.secrets(), cloud.public() | {FAST, name}, derived=True, where="the board's output")
 
 
+@pytest.mark.parametrize("interp", ["micropython"])
+def test_refused_renewal_keeps_the_identity(cloud, tmp_path, interp):
+    """The device is deleted at the hub while online: its next renewal is refused (CONNACK 5), which the runtime
+    treats as a lost connection, backing off and keeping the derived key; no new registration."""
+    from host_tests.runtimeboard import Board as Online
+    from tools.cloud.registry import forget_device
+    from tools.factory import nvsformat
+
+    name = "az-deleted-" + interp[:2]
+    board = Online(tmp_path, interp, settings(cloud, FAST, name, token_ttl_s=4, max_tries=0, retry_ms=200),
+                   cloud.state, period_ms=500)
+    try:
+        board.wait_line(r"^app: online 0 ")
+        assert forget_device(str(cloud.state / "devices.json"), "azure", "%s/%s" % (FAST, name))
+        board.wait_line(r"^dynreg: mqtt: connection lost \(DynregError: mqtt: broker refused the login "
+                        r"\(CONNACK return code 5\)")
+        board.wait_line(r"^app: offline")
+        board.wait_line(r"^dynreg: mqtt: reconnect 2 failed \(.*return code 5.*\); retrying in \d+ ms")
+    finally:
+        assert board.stop()
+    nvs = {k: v for k, (_, v) in nvsformat.parse((tmp_path / "board" / "nvs.bin").read_bytes())["dynreg"].items()}
+    assert nvs["dev_secret"].decode() == emulator.derive(REGISTRY[FAST]["secret"], name)
+    assert board.boots() == 2 and board.out.count("registering azure device") == 1, board.out
+
+
 def test_forget_prod_after_accepted_login(cloud, board):
     run = board(settings(cloud, FAST, "az-forget", forget_prod=1, report_count=1))
     assert run.rc == 0 and "product secret erased from NVS (forget_prod=1)" in run.out, run
