@@ -609,3 +609,20 @@ def test_registry_options_checked(tmp_path, spec, why):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cloud: cannot use registry" in proc.stdout and why in proc.stdout, proc
     assert "Traceback" not in proc.stdout + proc.stderr and "0ne00BAD" in proc.stdout
+
+
+def test_emulator_compares_sas_in_constant_time(monkeypatch):
+    """The SAS signature is compared through hmac.compare_digest, which sees what was sent."""
+    seen = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        seen.append({a, b})
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    key = emulator.derive(REGISTRY[MAIN]["secret"], "dev-1")
+    wrong = "SharedAccessSignature sr=s%2Fregistrations%2Fdev-1&sig=AAAA&se=" + str(int(time.time()) + 60)
+    with pytest.raises(Refused, match="signature"):
+        emulator.check_sas(wrong, "s/registrations/dev-1", key, "registration")
+    assert any(b"AAAA" in pair for pair in seen), seen
