@@ -126,7 +126,7 @@ State directory (kept across restarts; delete it to start afresh):
                              "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
                              "commands_answered", ...}},
                              "azure": {"<scope>/<registration id>": {"secret" (the derived key), "hub",
-                             "device_id", "telemetry", ...}}}; every record also holds "activated",
+                             "device_id", ...}}}; every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
                             The file is also the console: replaced while the emulator runs (e.g. by
                             registry.forget_device(path, platform, key), "delete the device"), it is

@@ -22,7 +22,7 @@ the same identity).
 IoT Hub: ClientId = deviceId, Username "<hub>/<deviceId>/?api-version=<v>[&...]", Password a SAS
 token over "<hub>/devices/<deviceId>" signed with the device key (no skn); wrong, unknown or expired
 is CONNACK 5. The broker closes the connection when the token's se passes. Topics: publish
-devices/<id>/messages/events/... (telemetry, counted in the record), subscribe and receive
+devices/<id>/messages/events/... (telemetry, logged), subscribe and receive
 devices/<id>/messages/devicebound/#.
 """
 
@@ -196,13 +196,7 @@ class AzurePlatform(Platform):
 
     def on_publish(self, session, topic, payload):
         dps = session.attributes.get(DPS)
-        if dps is None:
-            with self.store.lock:
-                key = session.attributes[RECORD]
-                record = self.store.get(self.name, key)
-                if record is not None:
-                    record["telemetry"] = record.get("telemetry", 0) + 1
-                    self.store.put(self.name, key, record)
+        if dps is None:  # logged, not counted in the record: devices.json is the console, edited beside us
             log(f"azure {shown(session.attributes[DEVICE])} telemetry: {len(payload)} bytes")
             return None
         query = _query(topic.partition("?")[2])
