@@ -307,7 +307,7 @@ def test_emulator_sas_checks():
 
 def test_register_login_renew_and_cloud_to_device(cloud, tmp_path, interp):
     """Provisioned after three polls and logged in with the derived key; a cloud-to-device message reaches
-    on_message; with a 4 s token the board renews its login three times, staying online, before any token
+    on_message; with a 5 s token the board renews its login three times, staying online, before any token
     expires (the emulator closes an expired session: it never has to)."""
     from host_tests.runtimeboard import Board as Online
     from host_tests.secrets_scan import assert_clean
@@ -315,7 +315,7 @@ def test_register_login_renew_and_cloud_to_device(cloud, tmp_path, interp):
     from tools.cloud.state import read_console_password
 
     name = "az-ok-" + interp[:2]
-    board = Online(tmp_path, interp, settings(cloud, FAST, name, token_ttl_s=4, max_tries=0), cloud.state,
+    board = Online(tmp_path, interp, settings(cloud, FAST, name, token_ttl_s=5, max_tries=0), cloud.state,
                    period_ms=500)
     con = Mqtt(cloud.ports)
     try:
