@@ -9,7 +9,8 @@ A leak is any of, in a board's output, the emulator's log or a tool's output:
   a prefix with its product id or a word with a log line gives no false alarm. A secret shorter than
   MIN_RUN counts only as a whole token.
 - with derived=True, a token shaped like what a secret signs (an HMAC-SHA1/SHA-256 digest as hex:
-  MQTT passwords of all three platforms; as base64: Tencent request signatures). The scanned text
+  MQTT passwords of all three platforms; as base64: Tencent request signatures, Azure derived device keys),
+  or an Azure SAS token (SharedAccessSignature ..., or its percent-encoded signature). The scanned text
   never carries a legitimate digest of that shape, so each such token is a signature or password
   derived from a secret.
 scan() returns the findings (never the secret itself: a finding names the form and where it was).
@@ -28,6 +29,8 @@ MIN_RUN = 8
 # Hex digests of SHA-1 (40) and SHA-256 (64); base64 of them (28 and 44 characters, one "=").
 _DIGEST = re.compile(r"(?<![0-9A-Za-z+/])(?:[0-9a-fA-F]{64}|[0-9a-fA-F]{40}|[A-Za-z0-9+/]{43}=|[A-Za-z0-9+/]{27}=)"
                      r"(?![0-9A-Za-z+/=])")
+# An Azure SAS token (the MQTT password of DPS and IoT Hub), or its signature percent-encoded on its own.
+_SAS = re.compile(r"SharedAccessSignature|sig=[A-Za-z0-9%+/=]{8,}|[A-Za-z0-9%+/]{36,}%3D")
 
 
 def forms(secret):
@@ -87,6 +90,8 @@ def scan(text, secrets, public=(), derived=False, where="output"):
     if derived:
         for m in _DIGEST.finditer(text):
             findings.append("%s: a %d-character signature or password at offset %d" % (where, len(m.group()), m.start()))
+        for m in _SAS.finditer(text):
+            findings.append("%s: a SAS token or its signature at offset %d" % (where, m.start()))
     return findings
 
 

@@ -10,7 +10,8 @@ Run it in the foreground from the repository root:
 One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
 the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
-closes the older connection of its client id (MQTT-3.1.4-2). These platforms are emulated:
+closes the older connection of its client id (MQTT-3.1.4-2); a login whose credentials carry an
+expiry (Azure's SAS tokens) is closed when they expire. These platforms are emulated:
 
 Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
@@ -69,6 +70,19 @@ AWS IoT Core (docs/platforms/aws.md): fleet provisioning by claim over mutual TL
   parameters and makes the thing; refusals on .../rejected {"statusCode", "errorCode", "errorMessage"}.
 - a thing's certificate logs in as the thing name and uses dt/<thing>/..., cmd/<thing>/... and
   $aws/things/<thing>/shadow/...; any other certificate of the CA gets CONNACK 5.
+Azure IoT Hub DPS and IoT Hub (docs/platforms/azure.md; the rules in tools/cloud/azure.py)
+- DPS login: ClientId <registration id>, Username "<ID scope>/registrations/<registration id>/api-version=..",
+  Password a SAS token; the session subscribes $dps/registrations/res/#, publishes the register PUT and
+  the operation-status GET, and hears the replies to its own $rid only. The PUT is checked (scope known,
+  registration id of a-z 0-9 -, group enabled, SAS signed with the key derived from the group key and
+  not expired, body) and answered 202 {"operationId", "status": "assigning"} with retry-after; after
+  the product's "polls" GETs the outcome is "assigned" (hub, deviceId = registration id) or "failed".
+  Refusals: 401 / errorCode 401002 (scope, key, disabled group), 400 / 400004 (registration id, body),
+  404 / 404201 (unknown operation). A device may register again at any time (its key is derived).
+- hub login: ClientId <deviceId>, Username "<hub>/<deviceId>/?api-version=..", Password a SAS token over
+  <hub>/devices/<deviceId> signed with the device key (CONNACK 5 when wrong or expired); the connection
+  is closed when the token expires. Topics: publish devices/<id>/messages/events/.., subscribe and
+  receive devices/<id>/messages/devicebound/#.
 
 Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
 remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window, across
@@ -101,9 +115,14 @@ Registry file (JSON; keys starting with "_" are comments, at any level):
      "aws": {"<template>": {"dynreg": true,            # false: the template is disabled
         "parameters": {"<name>": {"pattern"?: "<regex>", "default"?: "..."}},  # no default = required
         "thing_name": "prefix-{SerialNumber}", "configuration": {...}}},    # deviceConfiguration
+     "azure": {"<ID scope>": {"secret": "<enrollment group key, base64>", "dynreg": true,
+        "polls": 2,              # operation-status GETs before the outcome
+        "retry_after": 1,        # seconds, in every 202
+        "hub": "sim-hub.azure-devices.net",   # the assignedHub
+        "allocation": "assigned"}},           # or "failed" (test knob)
      "console": {"username": "..."}}      # its password: console.password in the state directory
 
-UCloud and Protco product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
+UCloud, Protco and Azure product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
 subscribe and publish anything ("$" topics included) to watch devices or command them; from
 another machine over TLS only, unless --console-over-tcp.
 
@@ -124,6 +143,8 @@ State directory (kept across restarts; delete it to start afresh):
                              "commands_answered", ...}},
                              "aws": {"<template>/<claim client id>": {"thing", "cert_fp", ...}}};
                             every record also holds "activated",
+                             "azure": {"<scope>/<registration id>": {"secret" (the derived key), "hub",
+                             "device_id", ...}}}; every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
                             The file is also the console: replaced while the emulator runs (e.g. by
                             registry.forget_device(path, platform, key), "delete the device"), it is
@@ -143,7 +164,7 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aliyun.py, aws.py (each
+by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aliyun.py, aws.py, azure.py (each
 platform's rules), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),

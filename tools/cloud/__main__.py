@@ -116,9 +116,13 @@ def main(argv=None):
     store = DeviceStore(os.path.join(state, "devices.json"))
     products = registry.products
     # one module per platform, tools/cloud/<platform>.py, each with emulate() (the firmware's list)
-    platforms = [ConsolePlatform(_console(registry, state, args.console_password), args.console_over_tcp)] + [
-        importlib.import_module(__package__ + "." + name).emulate(products.get(name, {}), store, pki, args)
-        for name in PLATFORMS]
+    try:  # a platform checks the options only it reads (ValueError)
+        platforms = [ConsolePlatform(_console(registry, state, args.console_password), args.console_over_tcp)] + [
+            importlib.import_module(__package__ + "." + name).emulate(products.get(name, {}), store, pki, args)
+            for name in PLATFORMS]
+    except ValueError as e:
+        log(f"cannot use registry {args.registry}: {e}")
+        return 2
     routes = {}
     for platform in platforms:
         routes.update(platform.http_routes())

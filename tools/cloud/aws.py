@@ -64,7 +64,7 @@ def emulate(products, store, pki, args):
 
 def check_template(product):
     """Raise ValueError unless a registry template's own options are well formed."""
-    fields, where = product.fields, f"registry: aws/{product.pid}"
+    fields, where = product.options, f"registry: aws/{product.pid}"
     params = fields.get("parameters", {})
     if not isinstance(params, dict) or not all(isinstance(p, dict) and set(p) <= {"pattern", "default"}
                                                for p in params.values()):
@@ -206,7 +206,7 @@ class AwsPlatform(Platform):
                 not all(isinstance(v, str) for v in given.values()):
             raise Rejected(400, "InvalidPayload", "certificateOwnershipToken must be a string, parameters strings")
         values = {}
-        for name, spec in template.fields.get("parameters", {}).items():
+        for name, spec in template.options.get("parameters", {}).items():
             value = given.get(name, spec.get("default"))
             if value is None:
                 raise Rejected(400, "InvalidParameters", f"parameter {name} is required")
@@ -214,7 +214,7 @@ class AwsPlatform(Platform):
                 raise Rejected(400, "InvalidParameters", f"parameter {name} does not match the template")
             values[name] = value
         try:
-            thing = template.fields.get("thing_name", "{SerialNumber}").format(**values)
+            thing = template.options.get("thing_name", "{SerialNumber}").format(**values)
         except (KeyError, IndexError, ValueError):
             thing = ""
         if not NAME.fullmatch(thing):
@@ -232,5 +232,5 @@ class AwsPlatform(Platform):
             record.update(thing=thing, cert_fp=issued, activated=False,
                           registrations=record["registrations"] + 1, round_trips=round_trips(session))
             self.store.put(self.name, key, record)
-        reply = {"deviceConfiguration": template.fields.get("configuration", {}), "thingName": thing}
+        reply = {"deviceConfiguration": template.options.get("configuration", {}), "thingName": thing}
         return reply, f"thing {thing}, registration {record['registrations']}"

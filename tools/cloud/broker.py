@@ -9,6 +9,7 @@ connection's round trips for the registration log lines.
 
 import asyncio
 import ssl
+import time
 from functools import partial
 
 from amqtt.adapters import StreamReaderAdapter, StreamWriterAdapter
@@ -18,7 +19,7 @@ from amqtt.mqtt.packet import DISCONNECT, PUBACK, PUBCOMP
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 
 from .connect import Replayed, as_mqtt311, client_id, read_connect
-from .platform import ATTRIBUTES, DEVICE, ROUND_TRIPS, RoundTrips, log, shown
+from .platform import ATTRIBUTES, DEVICE, EXPIRES, ROUND_TRIPS, RoundTrips, log, shown
 
 PLATFORM = ATTRIBUTES + "platform"
 ONE_WAY = (DISCONNECT, PUBACK, PUBCOMP)  # client packets nothing answers
@@ -46,6 +47,8 @@ class AuthPlugin(BaseAuthPlugin):
                 if verdict:
                     session.attributes[PLATFORM] = platform.name
                     broker.close_older(session)
+                    if EXPIRES in session.attributes:
+                        broker.close_at(session, session.attributes[EXPIRES])
                 return verdict
         log(f"mqtt login {shown(session.client_id)} refused: no platform recognises the username")
         return False
@@ -214,6 +217,21 @@ class CloudBroker(Broker):
             if peer != me:
                 log(f"mqtt {shown(session.client_id)} logged in again: older connection closed")
                 writer.close()
+
+    def close_at(self, session, expires):
+        """Close this session's connection when its credentials expire (Unix time `expires`), as a cloud
+        whose logins carry an expiry (Azure's SAS tokens) does."""
+        writer = self._open.get(session.client_id, {}).get((session.remote_address, session.remote_port))
+        if writer is None:
+            return
+        who = session.attributes.get(DEVICE)
+
+        def close():
+            if not writer.is_closing():
+                log(f"mqtt {shown(who)}: login credentials expired, connection closed")
+                writer.close()
+
+        asyncio.get_running_loop().call_later(max(0.0, expires - time.time()), close)
 
     def bound_port(self, listener):
         """The TCP port a listener actually got (useful with port 0)."""

@@ -20,6 +20,7 @@ DEVICE = ATTRIBUTES + "device"              # the device a session speaks for (l
 RECORD = ATTRIBUTES + "record"              # its record key in the device store
 REGISTRATION = ATTRIBUTES + "registration"  # a Registration, on registration sessions only
 ROUND_TRIPS = ATTRIBUTES + "round_trips"    # RoundTrips of the connection
+EXPIRES = ATTRIBUTES + "expires"            # Unix time the login's credentials expire: the broker then closes it
 
 
 def log(message):

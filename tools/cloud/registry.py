@@ -35,7 +35,7 @@ class Product:
     probe_commands: bool = True   # protco: command a device after its first property report
     forced_code: object = None    # test knob: ucloud "retcode", protco "res"
     reply: str = "normal"         # test knob: "normal", "none" or "other_id"
-    fields: dict = None           # the options as written, for those only one platform reads (aws)
+    options: dict = None          # every option as given: what only its platform reads (aws, azure), checked there
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def _product(platform, pid, spec, options):
                    auto_create=bool(fields.get("auto_create", True)), auth=fields.get("auth", "psk"),
                    devices=tuple(devices), whitelist=None if whitelist is None else tuple(whitelist),
                    probe_commands=bool(fields.get("probe_commands", True)), forced_code=forced,
-                   reply=fields.get("reply", "normal"), fields=fields)
+                   reply=fields.get("reply", "normal"), options=fields)
 
 
 class DeviceStore:

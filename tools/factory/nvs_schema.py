@@ -47,7 +47,7 @@ class Key:
 
 
 KEYS = (
-    Key("platform", TEXT, "`tencent`, `ucloud`, `protco`, `aliyun` or `aws`", "required"),
+    Key("platform", TEXT, "`tencent`, `ucloud`, `protco`, `aliyun`, `aws` or `azure`", "required"),
     Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
     Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
     Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
@@ -68,7 +68,8 @@ KEYS = (
     Key("dev_id", TEXT, "identity marker: the platform and device name the stored identity belongs to, written "
                         "after it; with it and no identity the NVS is damaged (no new registration)",
         written=REGISTRATION),
-    Key("reg_host", TEXT, "Tencent / Aliyun HTTPS registration host", "`ap-guangzhou.gateway.tencentdevices.com`"),
+    Key("reg_host", TEXT, "Tencent / Aliyun HTTPS registration host; Azure: the DPS host (`mqtt_host` overrides it)",
+        "`ap-guangzhou.gateway.tencentdevices.com`, Azure `global.azure-devices-provisioning.net`"),
     Key("reg_port", I32, "Tencent / Aliyun HTTPS registration port", "443 (80 plain)"),
     Key("reg_api", TEXT, "Tencent: `device` (`/device/register`) or `legacy` (`/register/dev`)", "`device`"),
     Key("reg_timeout_ms", I32, "total deadline of one registration exchange (ms), however slowly the server sends",
@@ -116,6 +117,10 @@ KEYS = (
     Key("aws_topic", TEXT, "AWS: telemetry topic, `{thing}` replaced by the thing name", "`dt/{thing}/telemetry`"),
     Key("thing_name", TEXT, "AWS: the thing name RegisterThing returned (the login's client id)",
         written=REGISTRATION),
+    Key("token_ttl_s", I32, "Azure: lifetime of a SAS token (seconds, at least 2); the login is renewed at 3/4 of it",
+        "3600"),
+    Key("az_hub", TEXT, "Azure: the IoT hub DPS assigned (`assignedHub`)", written=REGISTRATION),
+    Key("az_device", TEXT, "Azure: the device id DPS assigned (`deviceId`)", written=REGISTRATION),
 )
 BY_NAME = dict((k.name, k) for k in KEYS)
 SECRET_KEYS = tuple(k.name for k in KEYS if k.secret)
@@ -123,7 +128,8 @@ IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real val
 # The hosts each platform's devices dial by default, and the domain its own hosts are under.
 PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in",
                     "aliyun": ".aliyuncs.com",
-                    "aws": ".amazonaws.com"}
+                    "aws": ".amazonaws.com",
+                    "azure": (".azure-devices.net", ".azure-devices-provisioning.net")}
 
 
 class SchemaError(ValueError):

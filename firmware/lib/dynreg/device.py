@@ -45,6 +45,7 @@ class Device:
         self._tries = 0  # failed reconnects (or connections lost before their SUBACK) in a row
         self._ok = False  # the current connection had its SUBACK
         self._next = self._sent = self._ping = 0
+        self.renew_at = None  # ticks_ms when the login's credentials expire: the platform's after_login sets it
         self._login()
 
     # ------------------------------------------------------------------ connection
@@ -55,6 +56,7 @@ class Device:
         self.client = None
         gc.collect()
         self.client, self.product, self.ident = self.plat.login(self.st, self.name, self.ctx, self.keepalive)
+        self.renew_at = None
         self._sent, self._ping = time.ticks_ms(), 0
         self.online, self._ok = True, False
         self.mid = self.mid % 65535 + 1
@@ -109,6 +111,14 @@ class Device:
             self.on_state(True)
         return True
 
+    def _renew(self):
+        """Log in again with fresh credentials before the current ones expire (renew_at): the application
+        stays online; a failure is a lost connection (poll() re-makes it with the back-off)."""
+        self._send(b"\xe0\x00")  # DISCONNECT: a clean end of the old session
+        self.client.sock.close()
+        self._login()
+        log("mqtt: login renewed (its credentials were about to expire)")
+
     def _send(self, data, topic=None):
         """Write `data` whole (to `topic` as umqtt.simple's QoS 0 publish when given)."""
         s = self.client.sock
@@ -126,6 +136,9 @@ class Device:
 
     def _keepalive(self):
         now = time.ticks_ms()
+        if self.renew_at is not None and time.ticks_diff(now, self.renew_at) >= 0:
+            self._renew()
+            return
         if self._ping:
             if time.ticks_diff(now, self._ping) > min(self.keepalive, _TIMEOUT) * 1000:
                 raise DynregError("no PINGRESP within %d s" % min(self.keepalive, _TIMEOUT))

@@ -7,7 +7,8 @@ it from here. A platform <p> is two modules, so that each boot imports only what
 - dynreg/<p>.py (every login boot): KEEPALIVE = (lowest, highest) keepalive in s; login(st, name, ctx,
   keepalive) -> (umqtt client, product id, device id), called again for every reconnect;
   subscriptions(dev) -> topics, report(dev, props, qos) -> dev.publish()'s result; optional:
-  after_login(dev) (runs once the subscriptions are sent, after every login) and
+  after_login(dev) (runs once the subscriptions are sent, after every login; a login whose credentials
+  expire sets dev.renew_at there, and the runtime logs in again by then) and
   handle(dev, topic, msg) -> True if the platform consumed the message.
   load() gives a module without them the default, _nothing: nothing to do, nothing handled.
 Adding a platform means: those two modules and its name in PLATFORMS; its emulator module
@@ -24,7 +25,7 @@ import machine
 from dynreg import ConfigError, DynregError, log, net, shown
 from dynreg.store import Store, is_null
 
-PLATFORMS = ("tencent", "ucloud", "protco", "aliyun", "aws")
+PLATFORMS = ("tencent", "ucloud", "protco", "aliyun", "aws", "azure")
 
 
 def _nothing(*args):

@@ -109,6 +109,16 @@ def login(ctx, host, port, client_id, user, password, keepalive=60, timeout=10):
     return s
 
 
+def disconnect(s):
+    """Send DISCONNECT on a registration stream if it still takes it, and close it."""
+    try:
+        s.setblocking(True)
+        s.write(b"\xe0\x00")
+    except OSError:
+        pass  # the registration connection is done with either way
+    s.close()
+
+
 def connect(ctx, host, port, client_id, user, password, keepalive):
     """Log in (see login()) and return an umqtt.simple MQTTClient on the connection."""
     gc.collect()  # as flow does before the login boot's imports: what umqtt.simple keeps packs low

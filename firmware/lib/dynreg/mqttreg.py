@@ -80,9 +80,4 @@ def wait(s, reply_topic, until, timeout_ms=5000, id_key=None, rid=None, send=Non
                     return r
                 log("ignoring a reply for another request")
     finally:
-        try:
-            s.setblocking(True)
-            s.write(b"\xe0\x00")  # DISCONNECT
-        except OSError:
-            pass  # the registration connection is done with either way
-        s.close()
+        mqtt.disconnect(s)
