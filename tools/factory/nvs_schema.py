@@ -47,7 +47,7 @@ class Key:
 
 
 KEYS = (
-    Key("platform", TEXT, "`tencent`, `ucloud` or `protco`", "required"),
+    Key("platform", TEXT, "`tencent`, `ucloud`, `protco` or `thingsboard`", "required"),
     Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
     Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
     Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
@@ -55,11 +55,12 @@ KEYS = (
                       "settings: the platform's own, tools/factory/ca/, when the hosts are the platform's)",
         "required with TLS"),
     Key("tls", I32, "1: TLS, server verified against `ca` with `server_hostname`; 0: plain TCP (only if set)", "1"),
-    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid", "required"),
-    Key("prod_secret", TEXT, "the product secret shared by the whole product line", "required to register",
+    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid / ThingsBoard provision device key", "required"),
+    Key("prod_secret", TEXT, "the product secret shared by the whole product line (ThingsBoard: the provision device secret)", "required to register",
         secret=True),
     Key("dev_name", TEXT, "device name / DeviceSN / Protco unique id", "hex of the Wi-Fi MAC"),
-    Key("dev_secret", TEXT, "the device's own secret (Tencent psk, UCloud password, Protco secret); null = "
+    Key("dev_secret", TEXT, "the device's own secret (Tencent psk, UCloud password, Protco secret, ThingsBoard access token "
+                            "or MQTT_BASIC password); null = "
                             "register", secret=True, written=REGISTRATION),
     Key("dev_cert", BINARY, "Tencent certificate products: client certificate (DER)", secret=True,
         written=REGISTRATION),
@@ -98,12 +99,18 @@ KEYS = (
     Key("replace_sec", TEXT, "Protco: the secret of `replace_pid`", secret=True),
     Key("dev_uuid", TEXT, "Protco: the uuid the cloud assigned", written=REGISTRATION),
     Key("dev_pid", TEXT, "Protco: the pid the cloud assigned", written=REGISTRATION),
+    Key("tb_cred", TEXT, "ThingsBoard: credentials to provision, `ACCESS_TOKEN` (the server makes a token) or "
+                         "`MQTT_BASIC` (the device sends client id, user name and a random password)",
+        "`ACCESS_TOKEN`"),
+    Key("tb_client", TEXT, "ThingsBoard MQTT_BASIC: the client id provisioned", written=REGISTRATION),
+    Key("tb_user", TEXT, "ThingsBoard MQTT_BASIC: the user name provisioned", written=REGISTRATION),
 )
 BY_NAME = dict((k.name, k) for k in KEYS)
 SECRET_KEYS = tuple(k.name for k in KEYS if k.secret)
 IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real value = registered
 # The hosts each platform's devices dial by default, and the domain its own hosts are under.
-PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in"}
+PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in",
+                    "thingsboard": ".thingsboard.cloud"}
 
 
 class SchemaError(ValueError):

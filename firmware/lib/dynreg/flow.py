@@ -24,7 +24,7 @@ import machine
 from dynreg import ConfigError, DynregError, log, net, shown
 from dynreg.store import Store, is_null
 
-PLATFORMS = ("tencent", "ucloud", "protco")
+PLATFORMS = ("tencent", "ucloud", "protco", "thingsboard")
 
 
 def _nothing(*args):

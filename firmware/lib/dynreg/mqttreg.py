@@ -1,4 +1,4 @@
-"""Registration over MQTT, shared by UCloud and Protco: a request/reply exchange in two round trips.
+"""Registration over MQTT, shared by UCloud, Protco and ThingsBoard: a request/reply exchange in two round trips.
 
 Round trip 1 is CONNECT/CONNACK (mqtt.login). Round trip 2 sends SUBSCRIBE and PUBLISH in one
 write (a broker handles one connection's packets in order, so the subscription exists before the
@@ -38,10 +38,13 @@ def reply(kind, body, topic):
 
 def exchange(s, topic, reply_topic, id_key, request, until, timeout_ms=5000):
     """On the logged-in (non-blocking) stream `s`: subscribe to `reply_topic`, publish the dict `request`
-    on `topic` with a fresh random id under `id_key`, and return the first reply carrying that id.
+    on `topic` with a fresh random id under `id_key`, and return the first reply carrying that id (with
+    id_key None, as ThingsBoard's request has no id: the first reply on `reply_topic`).
     Raises DynregError after timeout_ms, or at ticks_ms `until` if sooner, however slowly the broker
     sends; closes `s` either way."""
-    rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
+    rid = None
+    if id_key:
+        rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
     want = reply_topic.encode()
     try:
         # One write for both: separate small writes would wait for TCP ACKs (Nagle), costing round trips.
@@ -63,7 +66,7 @@ def exchange(s, topic, reply_topic, id_key, request, until, timeout_ms=5000):
                 raise DynregError("the broker refused the subscription to %s" % reply_topic)
             r = reply(kind, body, want)
             if r is not None:
-                if r.get(id_key) == rid:
+                if id_key is None or r.get(id_key) == rid:
                     return r
                 log("ignoring a reply for another request")
     finally:
