@@ -99,9 +99,12 @@ KEYS = (
     Key("replace_sec", TEXT, "Protco: the secret of `replace_pid`", secret=True),
     Key("dev_uuid", TEXT, "Protco: the uuid the cloud assigned", written=REGISTRATION),
     Key("dev_pid", TEXT, "Protco: the pid the cloud assigned", written=REGISTRATION),
-    Key("tb_cred", TEXT, "ThingsBoard: credentials to provision, `ACCESS_TOKEN` (the server makes a token) or "
-                         "`MQTT_BASIC` (the device sends client id, user name and a random password)",
+    Key("tb_cred", TEXT, "ThingsBoard: credentials to provision, `ACCESS_TOKEN` (a random token) or `MQTT_BASIC` "
+                         "(client id and user name = the device name, a random password), chosen by the device",
         "`ACCESS_TOKEN`"),
+    Key("tb_pending", TEXT, "ThingsBoard: the token or password of a provisioning request sent, kept until its "
+                            "reply is stored (a lost reply is then not a lockout); emptied after", secret=True,
+        written=REGISTRATION),
     Key("tb_client", TEXT, "ThingsBoard MQTT_BASIC: the client id provisioned", written=REGISTRATION),
     Key("tb_user", TEXT, "ThingsBoard MQTT_BASIC: the user name provisioned", written=REGISTRATION),
 )

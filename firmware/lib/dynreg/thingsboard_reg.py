@@ -8,7 +8,7 @@ provision key and secret in clear inside MQTT: only TLS keeps them from the path
 import binascii
 import os
 
-from dynreg import ConfigError, DynregError, mqtt, mqttreg, net, shown
+from dynreg import ConfigError, DynregError, log, mqtt, mqttreg, net, shown
 from dynreg.flow import broker
 from dynreg.store import is_null
 from dynreg.thingsboard import HOST
@@ -16,19 +16,21 @@ from dynreg.thingsboard import HOST
 TOPIC = "/provision/request"
 
 
-def request(st, name):
-    """The provisioning request (a dict) for NVS tb_cred: ACCESS_TOKEN lets the server make the token;
-    MQTT_BASIC sends the credentials the device chose (client id and user name = its name, a random
-    password), as ThingsBoard stores what the device sends."""
+def request(st, name, secret):
+    """The provisioning request (a dict) for NVS tb_cred, with the credentials the device chose: the
+    access token `secret` (ACCESS_TOKEN), or client id and user name = its name and the password
+    `secret` (MQTT_BASIC). ThingsBoard stores what the device sends."""
     req = {"deviceName": name, "provisionDeviceKey": st.need("prod_id"),
            "provisionDeviceSecret": st.need("prod_secret")}
     kind = st.text("tb_cred", "ACCESS_TOKEN")
     if kind == "MQTT_BASIC":
-        req["credentialsType"] = kind
         req["clientId"] = req["username"] = name
-        req["password"] = binascii.hexlify(os.urandom(16)).decode()
-    elif kind != "ACCESS_TOKEN":
+        req["password"] = secret
+    elif kind == "ACCESS_TOKEN":
+        req["token"] = secret
+    else:
         raise ConfigError("NVS tb_cred is %r, not ACCESS_TOKEN or MQTT_BASIC" % kind)
+    req["credentialsType"] = kind
     return req
 
 
@@ -54,11 +56,26 @@ def credentials(r):
 
 
 def register(st, name, ctx):
-    """Provision over MQTT (username "provision"); return the NVS items."""
+    """Provision over MQTT (username "provision"); return the NVS items.
+
+    The credentials are chosen here and committed (NVS tb_pending) before the request goes out: a
+    device whose reply a power cut lost is refused the next time ("a device of that name exists"),
+    and then logs in with what it sent before."""
     if not 1 <= len(name) <= 255 or name.strip() != name:
         raise ConfigError("device name %r must be 1 to 255 characters without outer spaces" % name)
-    req = request(st, name)
+    pending = st.get("tb_pending")
+    if not pending:
+        st.set("tb_pending", binascii.hexlify(os.urandom(10)))
+        st.commit()
+    req = request(st, name, st.secret("tb_pending").decode())
     until = net.deadline(st.int("reg_timeout_ms", 30000))  # the whole exchange, however slow the broker
     h, port = broker(st, HOST, ctx)
     s = mqtt.login(ctx, h, port, name, "provision", "", timeout=5)
-    return credentials(mqttreg.exchange(s, TOPIC, "/provision/response", None, req, until))
+    reply = mqttreg.exchange(s, TOPIC, "/provision/response", None, req, until)
+    if pending and reply.get("status") == "FAILURE":
+        log("thingsboard: provisioning refused (FAILURE) after an earlier request whose reply was lost: "
+            "using the credentials sent then")
+        reply = {"status": "SUCCESS", "credentialsType": req["credentialsType"],
+                 "credentialsValue": req["token"] if "token" in req else
+                 {"clientId": name, "userName": name, "password": req["password"]}}
+    return [("tb_pending", b"")] + credentials(reply)
