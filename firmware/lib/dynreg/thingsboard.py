@@ -39,6 +39,13 @@ def report(dev, props, qos=0):
     return dev.publish("v1/devices/me/telemetry", json.dumps(props), qos)
 
 
+def after_login(dev):
+    """Erase the provisioning's pending credentials (thingsboard_reg.register) once they logged in."""
+    if dev.st.get("tb_pending") is not None:
+        dev.st.erase("tb_pending")
+        dev.st.commit()
+
+
 def rpc_id(topic):
     """The request id at the end of an RPC request topic (bytes), or None if it is not a small number."""
     rid = topic[len(RPC):]

@@ -60,7 +60,7 @@ def register(st, name, ctx):
 
     The credentials are chosen here and committed (NVS tb_pending) before the request goes out: a
     device whose reply a power cut lost is refused the next time ("a device of that name exists"),
-    and then logs in with what it sent before."""
+    and then logs in with what it sent before. thingsboard.after_login erases tb_pending."""
     if not 1 <= len(name) <= 255 or name.strip() != name:
         raise ConfigError("device name %r must be 1 to 255 characters without outer spaces" % name)
     pending = st.get("tb_pending")
@@ -72,10 +72,14 @@ def register(st, name, ctx):
     h, port = broker(st, HOST, ctx)
     s = mqtt.login(ctx, h, port, name, "provision", "", timeout=5)
     reply = mqttreg.exchange(s, TOPIC, "/provision/response", None, req, until)
-    if pending and reply.get("status") == "FAILURE":
-        log("thingsboard: provisioning refused (FAILURE) after an earlier request whose reply was lost: "
-            "using the credentials sent then")
-        reply = {"status": "SUCCESS", "credentialsType": req["credentialsType"],
-                 "credentialsValue": req["token"] if "token" in req else
-                 {"clientId": name, "userName": name, "password": req["password"]}}
-    return [("tb_pending", b"")] + credentials(reply)
+    if reply.get("status") == "FAILURE":
+        if not pending:  # refused what was sent for the first time: never to be taken as ours later
+            st.erase("tb_pending")
+            st.commit()
+        else:
+            log("thingsboard: provisioning refused (FAILURE) after an earlier request whose reply was lost: "
+                "using the credentials sent then")
+            reply = {"status": "SUCCESS", "credentialsType": req["credentialsType"],
+                     "credentialsValue": req["token"] if "token" in req else
+                     {"clientId": name, "userName": name, "password": req["password"]}}
+    return credentials(reply)
