@@ -13,7 +13,7 @@ import pytest
 from host_tests.conftest import PYTHON, REPO
 from tools.bench.images import PROGRAMS
 
-PLATFORMS = ["tencent", "ucloud", "protco"]
+PLATFORMS = ["tencent", "ucloud", "protco", "thingsboard"]
 KIB = 1024
 
 
@@ -34,8 +34,8 @@ def test_bench_quick(tmp_path):
     rc = r["reconnect"]
     assert rc["drops"] == 10 and 0 < rc["reconnect_median_ms"] < rc["reboot_login_median_ms"], rc
 
-    # round trips: Tencent one HTTP exchange, UCloud and Protco two (CONNECT, SUBSCRIBE+PUBLISH)
-    for p, minimum in zip(PLATFORMS, (1, 2, 2)):
+    # round trips: Tencent one HTTP exchange, UCloud, Protco and ThingsBoard two (CONNECT, SUBSCRIBE+PUBLISH)
+    for p, minimum in zip(PLATFORMS, (1, 2, 2, 2)):
         rt = r["round_trips"][p]
         assert rt["minimum"] == minimum and rt["measured"] and set(rt["measured"]) == {minimum}, (p, rt)
     assert r["targets"]["round_trips"]["met"]
