@@ -8,9 +8,10 @@ Run it in the foreground from the repository root:
         [--connect-timeout 10] [--console-password PW] [--console-over-tcp]
 
 One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
-the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
+the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py), and MQTT 5
+bridged packet by packet to the 3.1.1 broker (mqtt5.py: properties dropped, reason codes made); a
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
-closes the older connection of its client id (MQTT-3.1.4-2). Three platforms are emulated:
+closes the older connection of its client id (MQTT-3.1.4-2). Four platforms are emulated:
 
 Tencent (docs/platforms/tencent.md)
 - registration over HTTP and HTTPS: POST /device/register (X-TC-* signature, hmacsha256 or
@@ -56,6 +57,20 @@ Protco rlink v2 (section 3): signed registration over MQTT
   (it does not sign the unique id): another unique id with it is refused, CONNACK 5 (res 1002 for
   a session that logged in before).
 
+ThingsBoard (docs/platforms/thingsboard.md): device provisioning over MQTT
+- provisioning login: username or client id "provision" (any password), always accepted; it may only
+  publish /provision/request and subscribe /provision/response. The request's provisionDeviceKey names
+  a product (device profile), provisionDeviceSecret must be its secret: else, or with provisioning
+  disabled ("dynreg": false), {"status": "NOT_FOUND", "errorMsg": "Provision data was not found!"}.
+  "auto_create": true (allow to create new devices): a name that exists already gets {"status":
+  "FAILURE", "errorMsg": "Failed to provision device!"}; false (check for pre-provisioned devices): a
+  name not in "devices" gets FAILURE, a listed one its own token every time. Success: {"status":
+  "SUCCESS", "credentialsType": "ACCESS_TOKEN", "credentialsValue": token} (the token the device sent,
+  or a new one), or MQTT_BASIC with {"clientId", "userName", "password"} as the device sent them.
+- device login: username = the access token, or the MQTT_BASIC triple; topics v1/devices/me/...
+  (telemetry, attributes, rpc); a server-side RPC "ping" after the first telemetry of a session.
+  Each session receives only what was addressed to it ("me" topics are shared by every device).
+
 Replay protection (Tencent HTTP): a request that passed the signature and timestamp checks is
 remembered by (API, ProductId, DeviceName, nonce, timestamp) for twice the --ts-window, across
 restarts (seen-tencent.json); the same again is refused with AuthFailure.SignatureFailure, Message "nonce already used within the timestamp
@@ -84,6 +99,9 @@ Registry file (JSON; keys starting with "_" are comments, at any level):
      "protco": {"<pid>": {"secret": "...", "dynreg": true,
         "probe_commands": true,  # ping + property_set after the first property_report
         "res": ..., "reply": "normal"}},                         # test knobs, see below
+     "thingsboard": {"<provision device key>": {"secret": "<provision device secret>", "dynreg": true,
+        "auto_create": true,     # false: check for pre-provisioned devices, the names in "devices"
+        "devices": [], "probe_commands": true, "reply": "normal"}},  # ping RPC; test knob "none"
      "console": {"username": "..."}}      # its password: console.password in the state directory
 
 UCloud and Protco product ids are 1-64 characters of A-Z a-z 0-9 -. The console login may
@@ -104,7 +122,9 @@ State directory (kept across restarts; delete it to start afresh):
   devices.json              {"tencent": {"<pid>/<dn>": {"psk" | "cert_fp", ...}},
                              "ucloud": {"<psn>/<dsn>": {"secret", ...}},
                              "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
-                             "commands_answered", ...}}}; every record also holds "activated",
+                             "commands_answered", ...}},
+                             "thingsboard": {"<key>/<name>": {"name", "profile", "secret",
+                             "token_id" | "basic_id", "rpc_answered", ...}}}; every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
                             The file is also the console: replaced while the emulator runs (e.g. by
                             registry.forget_device(path, platform, key), "delete the device"), it is
@@ -123,8 +143,8 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py (each
-platform's rules), registry.py (products, device state), state.py (console password, used
+by UCloud, Protco and ThingsBoard, the console login, logging), tencent.py, ucloud.py, protco.py,
+thingsboard.py (each platform's rules), mqtt5.py (MQTT 5 clients), registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),
 proc.py (running it as a child process: tests, bench, sim runner, make hil).
