@@ -9,18 +9,11 @@ return codes become the matching reason codes. Enhanced authentication (AUTH) is
 
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 
+from .connect import _length as varint
+
 MQTT5 = b"\x00\x04MQTT\x05"
 # CONNACK: 3.1.1 return code -> 5.0 reason code (MQTT 5.0 section 3.2.2.2)
 REASONS = {0: 0x00, 1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
-
-
-def varint(n):
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _varint_at(data, at):

@@ -257,10 +257,7 @@ class ThingsBoardPlatform(MqttRegistration):
         if method is None:
             log(f"thingsboard {device} answered an rpc the emulator did not send ({shown(rpc)})")
             return
-        with self.store.lock:
-            record = self.store.get(self.name, session.attributes[RECORD])
-            record["rpc_answered"] = record.get("rpc_answered", 0) + 1
-            self.store.put(self.name, session.attributes[RECORD], record)
+        self.count(session, "rpc_answered")
         log(f"thingsboard {device} answered rpc {method}: {shown(message)}")
 
 
