@@ -55,11 +55,12 @@ def _batch(tmp_path, **cells):
     return provision.read_batch(path)
 
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "thingsboard"])
 def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     der = x509.load_pem_x509_certificate((CA_DIR / ("%s.pem" % platform)).read_bytes()).public_bytes(
         serialization.Encoding.DER)
-    host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn"}[platform]
+    host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn",
+            "thingsboard": "mqtt.thingsboard.cloud"}[platform]
     for cells in ({}, {"ca": ""}, {"mqtt_host": host}):
         batch = _batch(tmp_path, platform=platform, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells)
         (_, entries, _), = provision.plan_images(batch, schema.PARTITION_SIZE)
