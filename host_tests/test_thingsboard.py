@@ -9,6 +9,8 @@ import pytest
 from host_tests.conftest import INTERPS, mqtt_settings
 from host_tests.faultproxy import FaultProxy
 from host_tests.test_faults import RETRY, Board, activated_once, record
+from host_tests.test_hostile import HostileServer, pki, publish, read_packet  # noqa: F401 (pki: a fixture)
+from host_tests.test_hostile import settings as settings_of_hostile
 from tools.cloud import registry as cloud_registry
 
 KEY = "simtbprovkey0001"   # allow to create new devices
@@ -134,3 +136,31 @@ def test_power_cut(cloud, tmp_path, interp, cred, when):
     if lost_reply:
         assert "refused: FAILURE: a device of that name exists already" in board.cloud_log
     case["passed"] = True
+
+
+# -- the real server's provisioning session: no SUBACK ---------------------------------------------
+
+def _no_suback(srv, conn):
+    """As ThingsBoard's provisioning session: CONNACK, the SUBSCRIBE left unanswered, the reply to the PUBLISH."""
+    read_packet(conn)  # CONNECT
+    conn.sendall(b"\x20\x02\x00\x00")
+    assert read_packet(conn)[0] == 0x82
+    assert read_packet(conn)[0] & 0xF0 == 0x30
+    conn.sendall(publish("/provision/response", '{"status":"SUCCESS","credentialsType":"ACCESS_TOKEN",'
+                                                '"credentialsValue":"HostilePassword1"}'))
+
+
+def _refuse_login(srv, conn):
+    read_packet(conn)
+    conn.sendall(b"\x20\x02\x00\x05")
+
+
+def test_provisions_without_a_suback(board, interp, pki):
+    srv = HostileServer(pki["ctx"], [{"serve": _no_suback}, {"serve": _refuse_login}])
+    try:
+        s = dict(settings_of_hostile("thingsboard", srv.port, pki["ca"], interp, 1), prod_id="hostiletbkey0001")
+        run = board(s, max_boots=2)
+    finally:
+        srv.close()
+    assert "registered: stored dev_secret in NVS" in run.out and run.boots == 2, run
+    assert "broker refused the login (CONNACK return code 5)" in run.out, run  # boot 2 dialled the same server
