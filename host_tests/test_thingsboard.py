@@ -27,6 +27,11 @@ def settings(cloud, pid, dn, **extra):
     return mqtt_settings(cloud, "thingsboard", pid, dn, **extra)
 
 
+def short(cloud, pid, dn, **extra):
+    """Settings of a run that only needs the login: one report (no second waiting a second)."""
+    return settings(cloud, pid, dn, report_count=1, **extra)
+
+
 def rec(cloud, pid, dn):
     return cloud.devices()["thingsboard"]["%s/%s" % (pid, dn)]
 
@@ -74,7 +79,7 @@ def test_refusals(cloud, board, interp, case, expect):
 
 def test_pre_provisioned_device_gets_its_own_token_each_time(cloud, board, interp):
     dn = "tb-pre-" + interp
-    s = settings(cloud, PRE, dn, tb_cred="MQTT_BASIC")
+    s = short(cloud, PRE, dn, tb_cred="MQTT_BASIC")
     run = board(s)
     assert run.rc == 0 and "stored dev_secret in NVS" in run.out, run  # its console token, not MQTT_BASIC
     token = rec(cloud, PRE, dn)["secret"]
@@ -86,7 +91,7 @@ def test_pre_provisioned_device_gets_its_own_token_each_time(cloud, board, inter
 
 def test_login_with_a_deleted_devices_token_is_refused(cloud, board, interp):
     dn = name(interp, "deleted")
-    s = settings(cloud, KEY, dn)
+    s = short(cloud, KEY, dn)
     assert board(s).rc == 0
     assert cloud_registry.forget_device(str(cloud.state / "devices.json"), "thingsboard", "%s/%s" % (KEY, dn))
     run = board(s, fresh=False)
@@ -109,7 +114,7 @@ POWER = [("ACCESS_TOKEN", "before-request"), ("ACCESS_TOKEN", "nvs_write:1"), ("
 def test_power_cut(cloud, tmp_path, interp, cred, when):
     dn = "tb-pc-%s-%s-%s" % (cred[:3].lower(), re.sub(r"[:_]", "", when), interp[:2])
     case = record(dn, interp, 1)
-    s = settings(cloud, KEY, dn, tb_cred=cred, **dict(RETRY, max_tries=8))
+    s = short(cloud, KEY, dn, tb_cred=cred, **dict(RETRY, max_tries=8))
     board = Board(cloud, tmp_path, interp, s)
     proxy = None
     if when == "before-request":  # the board's first bytes (its ClientHello) never reach the cloud
