@@ -4,47 +4,15 @@ same reply topic), the MQTT 5 bridge's packet rewriting, and a login that the pr
 import json
 import socket
 
+from host_tests.test_hostile import packet, read_packet
 from tools.cloud import mqtt5
 
 KEY = "simtbprovkey0001"
 
 
-def varint(n):
-    out = bytearray()
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def packet(first, body):
-    return bytes((first,)) + varint(len(body)) + body
-
-
 def string(text):
     data = text.encode() if isinstance(text, str) else text
     return len(data).to_bytes(2, "big") + data
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, "connection closed"
-        data += chunk
-    return data
-
-
-def read_packet(sock):
-    first = recv_exact(sock, 1)[0]
-    n = shift = 0
-    while True:
-        b = recv_exact(sock, 1)[0]
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return first, recv_exact(sock, n)
 
 
 def connect(cloud, client_id, user, password=None):
