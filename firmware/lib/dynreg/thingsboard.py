@@ -46,37 +46,30 @@ def after_login(dev):
         dev.st.commit()
 
 
-def rpc_id(topic):
-    """The request id at the end of an RPC request topic (bytes), or None if it is not a small number."""
-    rid = topic[len(RPC):]
-    return rid.decode() if topic.startswith(RPC) and 0 < len(rid) <= 10 and rid.isdigit() else None
-
-
 def handle(dev, topic, msg):
     """Answer the RPC "ping" on v1/devices/me/rpc/response/<id>; hand other methods to on_message (the
     application answers them) or refuse them; merge shared attribute updates into dev.properties."""
-    if topic != ATTRIBUTES and not topic.startswith(RPC):
+    rpc = topic.startswith(RPC)
+    if not rpc and topic != ATTRIBUTES:
         return False
     try:
         body = json.loads(msg)
     except (ValueError, RuntimeError):
         body = None
+    rid = topic[len(RPC):]
     if not isinstance(body, dict):
         log("thingsboard: ignoring a message that is not a JSON object")
-        return True
-    if topic == ATTRIBUTES:
+    elif not rpc:
         dev.properties.update(body)
         if dev.on_message:
             dev.on_message(topic, msg)
-        return True
-    rid, method = rpc_id(topic), body.get("method")
-    if rid is None or not isinstance(method, str):
+    elif not (0 < len(rid) <= 10 and rid.isdigit() and isinstance(body.get("method"), str)):
         log("thingsboard: ignoring a malformed RPC request")
-        return True
-    if method != "ping" and dev.on_message:
+    elif body["method"] != "ping" and dev.on_message:
         dev.on_message(topic, msg)
-        return True
-    log("thingsboard: rpc %s %s" % (shown(method), "answered" if method == "ping" else "unsupported"))
-    reply = {"pong": True} if method == "ping" else {"error": "unsupported method"}
-    dev.publish("v1/devices/me/rpc/response/" + rid, json.dumps(reply))
+    else:
+        ping = body["method"] == "ping"
+        log("thingsboard: rpc %s %s" % (shown(body["method"]), "answered" if ping else "unsupported"))
+        dev.publish("v1/devices/me/rpc/response/" + rid.decode(),
+                    '{"pong": true}' if ping else '{"error": "unsupported method"}')
     return True
