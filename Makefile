@@ -34,7 +34,13 @@ build/deps/.stamp: tools/fetch_deps.py | $(VENV)/.stamp
 	$(PY) tools/fetch_deps.py
 	touch $@
 
-setup: $(VENV)/.stamp build/deps/.stamp  ## create the venv and fetch device dependencies
+# ThingsBoard's SDK for its fidelity test, beside the venv (requirements-tbsdk.txt says why)
+build/tbsdk/.stamp: requirements-tbsdk.txt | $(VENV)/.stamp
+	rm -rf build/tbsdk
+	$(PY) -m pip install -q --no-deps --target build/tbsdk -r requirements-tbsdk.txt
+	touch $@
+
+setup: $(VENV)/.stamp build/deps/.stamp build/tbsdk/.stamp  ## create the venv and fetch device dependencies
 
 sim: setup  ## boot a new simulated board against a fresh local cloud (SETTINGS=, INTERP=micropython|cpython)
 	$(PY) -m tools.sim --cloud --fresh --settings $(SETTINGS) --interp $(INTERP) --umqtt $(UMQTT) --state build/sim/board --cloud-state build/sim/cloud

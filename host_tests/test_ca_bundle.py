@@ -78,14 +78,15 @@ def _batch(tmp_path, **cells):
     return provision.read_batch(path)
 
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud", "aliyun", "aws", "azure"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "aliyun", "thingsboard", "aws", "azure"])
 def test_empty_ca_is_the_platforms_own_for_its_hosts(tmp_path, platform):
     der = x509.load_pem_x509_certificate((CA_DIR / ("%s.pem" % platform)).read_bytes()).public_bytes(
         serialization.Encoding.DER)
     host = {"tencent": "SIMPSK0001.iotcloud.tencentdevices.com", "ucloud": "mqtt-cn-sh2.iot.ucloud.cn",
             "aliyun": "a1ExpAkj9Hi.iot-as-mqtt.cn-shanghai.aliyuncs.com",
             "aws": "a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com",
-            "azure": "myhub.azure-devices.net"}[platform]
+            "azure": "myhub.azure-devices.net",
+            "thingsboard": "mqtt.thingsboard.cloud"}[platform]
     for cells in ({}, {"ca": ""}, {"mqtt_host": host}):
         batch = _batch(tmp_path, platform=platform, prod_id="P", prod_secret="s", dev_name="dev-0001", **cells,
                        **_claim(tmp_path, platform))

@@ -37,7 +37,7 @@ import binascii
 import json
 
 from dynreg import DynregError, crypto, http, mqtt, mqttreg, net, protco, protco_reg, store, tencent, tencent_reg
-from dynreg import ucloud_reg
+from dynreg import thingsboard, thingsboard_reg, ucloud_reg
 
 SECRET = %r
 MAX_READ = http.MAX_HEADER + http.MAX_BODY + 2
@@ -128,6 +128,15 @@ class Store:
         v = self.values[key]
         return v.encode() if isinstance(v, str) else v
 
+    def set(self, key, value):
+        self.values[key] = value
+
+    def erase(self, key):
+        self.values.pop(key, None)
+
+    def commit(self):
+        pass
+
 
 class FakeOs:  # request ids from os.urandom, fixed so that generated replies can carry them
     @staticmethod
@@ -167,7 +176,7 @@ def _patched(module, name, value, func):
 
 def _register(platform, s):
     values = {"prod_id": "pid1", "prod_secret": SECRET, "tls#": 0, "reg_host": "localhost"}
-    mod = {"tencent": tencent_reg, "ucloud": ucloud_reg, "protco": protco_reg}[platform]
+    mod = {"tencent": tencent_reg, "ucloud": ucloud_reg, "protco": protco_reg, "thingsboard": thingsboard_reg}[platform]
     if platform == "tencent":
         return _patched(net, "open_socket", lambda *a, **k: s, lambda: mod.register(Store(values), "dev1", None))
     return _patched(mqtt, "login", lambda *a, **k: s, lambda: _patched(
@@ -220,7 +229,7 @@ def run_parser(name, args):
                 raise AssertionError("read %%d bytes" %% s.pos)
     if name == "mqttreg_reply":
         return mqttreg.reply(args[0], args[1], b"t/reply")
-    if name in ("tencent_register", "ucloud_register", "protco_register"):
+    if name in ("tencent_register", "ucloud_register", "protco_register", "thingsboard_register"):
         s = Stream(args[0])
         try:
             return _register(name.split("_")[0], s)
@@ -233,6 +242,10 @@ def run_parser(name, args):
         dev = Dev(None)
         handled = protco.handle(dev, b"rlink/v2/pid1/uuid1/issue", args[0])
         return handled, dev.properties, len(dev.client.sent)
+    if name == "thingsboard_handle":
+        dev = Dev(None)
+        handled = thingsboard.handle(dev, args[0], args[1])
+        return handled, dev.properties, [(t, json.loads(m)) for t, m in dev.client.sent]
     if name == "tencent_time":
         return _time_reply(args[0])
     if name == "is_null":
@@ -426,6 +439,14 @@ def publish(topic, payload, qos=0):
 
 def reply_payload(platform):
     rid = "0101010101010101"
+    if platform == "thingsboard":  # no request id; credentialsValue a token or the MQTT_BASIC object
+        creds = st.fixed_dictionaries({}, optional={k: b64_text | json_value for k in ("clientId", "userName",
+                                                                                        "password")})
+        ok = {"status": st.sampled_from(["SUCCESS", "SUCCESS", "FAILURE", "NOT_FOUND", None, 1]),
+              "credentialsType": st.sampled_from(["ACCESS_TOKEN", "MQTT_BASIC", "X509_CERTIFICATE", None]),
+              "credentialsValue": b64_text | creds | json_value, "errorMsg": json_value}
+        return st.fixed_dictionaries(ok).map(dumps).map(str.encode) | st.binary(max_size=40) | st.integers(
+            1, 1000).map(lambda n: b"[" * n)
     ok = ({"RequestID": st.just(rid), "RetCode": st.sampled_from([0, "0", 1, "7", None, [0]]),
            "Password": b64_text | json_value} if platform == "ucloud" else
           {"id": st.just(rid), "res": st.sampled_from([0, 1004, 17032, 99, None, "0", [1], {"a": 1}]),
@@ -438,8 +459,8 @@ def reply_payload(platform):
 
 
 def mqtt_exchange(platform):
-    topic = (b"/$system/pid1/dev1/password_reply" if platform == "ucloud"
-             else b"register/v2/pid1/dev1/register_response")
+    topic = {"ucloud": b"/$system/pid1/dev1/password_reply", "thingsboard": b"/provision/response"}.get(
+        platform, b"register/v2/pid1/dev1/register_response")
     pkt = st.one_of(
         st.builds(publish, st.sampled_from([topic, topic + b"x", b"", b"other"]), reply_payload(platform),
                   st.sampled_from([0, 0, 1])),
@@ -630,7 +651,7 @@ def ref_mqtt_exchange(data, topic, id_key):
         if kind == 0x90 and body[-1:] == b"\x80":
             raise Refused("the broker refused the subscription to " + topic.decode())
         r = ref_publish_json(kind, body, topic)
-        if r is not None and r.get(id_key) == RID:
+        if r is not None and (id_key is None or r.get(id_key) == RID):
             return r
 
 
@@ -642,6 +663,48 @@ def ref_ucloud(data):
     if not isinstance(pw, str) or ref_is_null(pw.encode()):
         raise Refused("ucloud: reply holds no Password")
     return [("dev_secret", pw.encode())]
+
+
+def ref_tb_text(value, what):
+    if not isinstance(value, str) or ref_is_null(value.encode()) or len(value) > 256:
+        raise Refused("thingsboard: reply holds no usable " + what)
+    return value
+
+
+def ref_thingsboard(data):
+    """The NVS items of the first message on /provision/response (no request id), by its credentialsType."""
+    r = ref_mqtt_exchange(data, b"/provision/response", None)
+    if r.get("status") != "SUCCESS":
+        raise Refused("thingsboard: registration refused: %s (%s)" % (ref_shown(r.get("status")),
+                                                                      ref_shown(r.get("errorMsg"))))
+    kind, value = r.get("credentialsType"), r.get("credentialsValue")
+    if kind == "ACCESS_TOKEN":
+        return [("dev_secret", ref_tb_text(value, "access token").encode())]
+    if kind == "MQTT_BASIC" and isinstance(value, dict):
+        return [("tb_client", ref_tb_text(value.get("clientId"), "clientId")),
+                ("tb_user", ref_tb_text(value.get("userName"), "userName")),
+                ("dev_secret", ref_tb_text(value.get("password"), "password").encode())]
+    raise Refused("thingsboard: reply has credentialsType %s, not ACCESS_TOKEN or MQTT_BASIC" % ref_shown(kind))
+
+
+TB_RPC = b"v1/devices/me/rpc/request/"
+
+
+def ref_thingsboard_handle(topic, msg):
+    """(handled, properties after, [(reply topic, reply)]): ping answered, other methods refused (no
+    on_message), attributes merged; anything else on these topics ignored; other topics not handled."""
+    if topic != b"v1/devices/me/attributes" and not topic.startswith(TB_RPC):
+        return False, {}, []
+    body = ref_json_object(msg)
+    if body is None:
+        return True, {}, []
+    if topic == b"v1/devices/me/attributes":
+        return True, body, []
+    rid, method = topic[len(TB_RPC):], body.get("method")
+    if not (0 < len(rid) <= 10 and rid.isdigit()) or not isinstance(method, str):
+        return True, {}, []
+    reply = {"pong": True} if method == "ping" else {"error": "unsupported method"}
+    return True, {}, [("v1/devices/me/rpc/response/" + rid.decode(), reply)]
 
 
 PROTCO_ERRORS = {1001: "service exception", 1002: "invalid parameter", 1003: "message format error",
@@ -860,6 +923,29 @@ def test_ucloud_register(data):
 @example(publish(b"register/v2/pid1/dev1/register_response", b'{"id": "0101010101010101", "res": 0, "data": []}'))
 def test_protco_register(data):
     check_against("protco_register", ref_protco, data)
+
+
+@FUZZ
+@given(mqtt_exchange("thingsboard"))
+@example(publish(b"/provision/response", b'{"status": "SUCCESS", "credentialsType": "MQTT_BASIC", '
+                                         b'"credentialsValue": {"clientId": "c", "userName": "u", "password": "p"}}'))
+@example(publish(b"/provision/response", b'{"status": "SUCCESS", "credentialsType": "ACCESS_TOKEN", '
+                                         b'"credentialsValue": "YOUR_DEVICE_SECRET"}'))
+@example(publish(b"/provision/response", b'{"status": "FAILURE", "errorMsg": "Failed to provision device!"}'))
+def test_thingsboard_register(data):
+    check_against("thingsboard_register", ref_thingsboard, data)
+
+
+@FUZZ
+@given(st.sampled_from([b"v1/devices/me/attributes", TB_RPC + b"7", TB_RPC, TB_RPC + b"12345678901", TB_RPC + b"x1",
+                        TB_RPC + b"4294967295", b"v1/devices/me/attributesx", b"other"]),
+       st.one_of(st.fixed_dictionaries({"method": st.sampled_from(["ping", "reboot"]) | json_value},
+                                       optional={"params": json_value}).map(dumps),
+                 json_value.map(dumps), st.text(max_size=30)).map(str.encode) | st.binary(max_size=30))
+@example(TB_RPC + b"1", b'{"method": "ping", "params": {}}')
+@example(TB_RPC + b"1", b"[" * 3000)
+def test_thingsboard_handle(topic, msg):
+    check_against("thingsboard_handle", ref_thingsboard_handle, topic, msg)
 
 
 @FUZZ

@@ -304,6 +304,9 @@ def mqtt(reply, suback=b"\x00", connack=0, keep_open=False):
 
 def answer(topic, request, **fields):
     """A success-shaped reply on the platform's reply topic, for the request's id unless fields override."""
+    if topic == "/provision/request":  # ThingsBoard: the reply carries no request id
+        body = {"status": "SUCCESS", "credentialsType": "ACCESS_TOKEN", "credentialsValue": "HostilePassword1"}
+        return "/provision/response", dict(body, **{k: v for k, v in fields.items() if k in body})
     if topic.endswith("/password"):  # UCloud
         body = {"RequestID": request["RequestID"], "RetCode": 0, "Password": "HostilePassword1"}
         return topic + "_reply", dict(body, **fields)
@@ -335,11 +338,12 @@ def reply_no_secret(topic, request):
     t, body = answer(topic, request)
     body.pop("Password", None)
     body.get("data", {}).pop("secret", None)
+    body.pop("credentialsValue", None)
     return publish(t, json.dumps(body))
 
 
 def reply_refused(topic, request):
-    t, body = answer(topic, request, RetCode="7", res=1004)
+    t, body = answer(topic, request, RetCode="7", res=1004, status="FAILURE")
     return publish(t, json.dumps(body))
 
 
@@ -354,7 +358,7 @@ MQTT_CASES = [
     ("SUBACK 0x80", "the broker refused the subscription to", None, {"serve": mqtt(None, suback=b"\x80")}),
     ("CONNACK refused", "mqtt: broker refused the login (CONNACK return code 5)", None,
      {"serve": mqtt(None, connack=5)}),
-    ("reply without the secret", re.compile("reply holds no Password|reply lacks secret"), None,
+    ("reply without the secret", re.compile("reply holds no Password|reply lacks secret|no usable access token"), None,
      {"serve": mqtt(reply_no_secret)}),
     ("refusal", "registration refused: ", None, {"serve": mqtt(reply_refused)}),
     ("server certificate from another CA", "not correctly signed by the trusted CA", None,
@@ -362,6 +366,28 @@ MQTT_CASES = [
     ("only replies for another id, connection kept open", "no registration reply within 5000 ms",
      "ignoring a reply for another request", {"serve": mqtt(reply_other_id, keep_open=True)}),  # last: 5 s
 ]
+
+# ThingsBoard's reply has no request id: the cases about other ids become cases about its credentials.
+# The refusal comes first: after a request left unanswered, a FAILURE means "created, the reply was lost"
+# and the device takes the credentials it sent (docs/platforms/thingsboard.md).
+TB_CASES = [c for c in MQTT_CASES if c[0] == "refusal"] + [
+    c for c in MQTT_CASES if "another request id" not in c[0] and "another id" not in c[0] and c[0] != "refusal"] + [
+    ("unknown credentialsType", "reply has credentialsType X509_CERTIFICATE, not ACCESS_TOKEN or MQTT_BASIC", None,
+     {"serve": mqtt(lambda t, r: publish(*_tb(credentialsType="X509_CERTIFICATE")))}),
+    ("MQTT_BASIC credentials not an object", "reply has credentialsType MQTT_BASIC", None,
+     {"serve": mqtt(lambda t, r: publish(*_tb(credentialsType="MQTT_BASIC", credentialsValue="x")))}),
+    ("MQTT_BASIC without a password", "reply holds no usable password", None,
+     {"serve": mqtt(lambda t, r: publish(*_tb(credentialsType="MQTT_BASIC", credentialsValue={
+         "clientId": "c", "userName": "u"})))}),
+    ("no reply, connection kept open", "no registration reply within 5000 ms", None,
+     {"serve": mqtt(lambda t, r: b"", keep_open=True)}),  # last: 5 s
+]
+
+
+def _tb(**fields):
+    t, body = answer("/provision/request", None)
+    body.update(fields)
+    return t, json.dumps(body)
 
 
 # --------------------------------------------------------------------------- the runs
@@ -386,6 +412,8 @@ def settings(platform, port, ca, interp, tries):
         s.update(prod_id="HOSTILE001", dev_name="hostile-" + interp, reg_host="localhost", reg_port=port)
     elif platform == "ucloud":
         s.update(prod_id="hostileucloud001", dev_name="hostile-" + interp)
+    elif platform == "thingsboard":
+        s.update(prod_id="hostiletbkey0001", dev_name="hostile-" + interp)
     else:
         s.update(prod_id="hostilepid", dev_name="hostile" + interp)
     return s
@@ -398,9 +426,9 @@ def attempt_lines(out):
     return [e for _, e in errors] + ([last.group(2)] if last else [])
 
 
-@pytest.mark.parametrize("platform", ["tencent", "ucloud", "protco"])
+@pytest.mark.parametrize("platform", ["tencent", "ucloud", "protco", "thingsboard"])
 def test_hostile_servers(platform, interp, board, pki, tmp_path):
-    cases = TENCENT_CASES if platform == "tencent" else MQTT_CASES
+    cases = {"tencent": TENCENT_CASES, "thingsboard": TB_CASES}.get(platform, MQTT_CASES)
     srv = HostileServer(pki["ctx"], [c for _, _, _, c in cases])
     try:
         t0 = time.monotonic()
@@ -443,7 +471,7 @@ def _write_counts():
     for (platform, interp), n in COUNTS.items():
         runs["%s/%s" % (platform, interp)] = n
     data["hostile_inputs_tried"] = sum(runs.values())
-    data["hostile_inputs_distinct"] = len(TENCENT_CASES) + 2 * len(MQTT_CASES)
+    data["hostile_inputs_distinct"] = len(TENCENT_CASES) + 2 * len(MQTT_CASES) + len(TB_CASES)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print("hostile: %d inputs tried so far (%d distinct hostile cases, each under both interpreters)"
           % (data["hostile_inputs_tried"], data["hostile_inputs_distinct"]))

@@ -33,7 +33,7 @@ def package_files():
 def test_the_list_is_the_firmwares():
     from_flow = ast.literal_eval(re.search(r"^PLATFORMS = (\(.*\))$", (REPO / "firmware" / "lib" / "dynreg" / "flow.py")
                                            .read_text(), re.M).group(1))
-    assert platforms.PLATFORMS == from_flow == ("tencent", "ucloud", "protco", "aliyun", "aws", "azure")
+    assert platforms.PLATFORMS == from_flow == ("tencent", "ucloud", "protco", "aliyun", "thingsboard", "aws", "azure")
     assert provision.PLATFORMS is platforms.PLATFORMS
 
 

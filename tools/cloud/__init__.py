@@ -8,7 +8,8 @@ Run it in the foreground from the repository root:
         [--connect-timeout 10] [--console-password PW] [--console-over-tcp]
 
 One MQTT broker (amqtt) over plain TCP and TLS serves every platform; a CONNECT is recognised by
-the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py); a
+the shape of its username. It takes MQTT 3.1 ("MQIsdp", level 3) and 3.1.1 (connect.py), and MQTT 5
+bridged packet by packet to the 3.1.1 broker (mqtt5.py: properties dropped, reason codes made); a
 connection whose TLS handshake or CONNECT takes longer than --connect-timeout is closed; a login
 closes the older connection of its client id (MQTT-3.1.4-2); a login whose credentials carry an
 expiry (Azure's SAS tokens) is closed when they expire. These platforms are emulated:
@@ -61,6 +62,19 @@ Alibaba Cloud IoT (docs/platforms/aliyun.md; the rules in tools/cloud/aliyun.py'
 registration over HTTPS POST /auth/register/device or over MQTT (authType=register / regnwl, the
 reply pushed on /ext/register / /ext/regnwl right after the CONNACK), the login with the device
 secret or the registration-free token, Alink property post / set.
+ThingsBoard (docs/platforms/thingsboard.md): device provisioning over MQTT
+- provisioning login: username or client id "provision" (any password), always accepted; it may only
+  publish /provision/request and subscribe /provision/response. The request's provisionDeviceKey names
+  a product (device profile), provisionDeviceSecret must be its secret: else, or with provisioning
+  disabled ("dynreg": false), {"status": "NOT_FOUND", "errorMsg": "Provision data was not found!"}.
+  "auto_create": true (allow to create new devices): a name that exists already gets {"status":
+  "FAILURE", "errorMsg": "Failed to provision device!"}; false (check for pre-provisioned devices): a
+  name not in "devices" gets FAILURE, a listed one its own token every time. Success: {"status":
+  "SUCCESS", "credentialsType": "ACCESS_TOKEN", "credentialsValue": token} (the token the device sent,
+  or a new one), or MQTT_BASIC with {"clientId", "userName", "password"} as the device sent them.
+- device login: username = the access token, or the MQTT_BASIC triple; topics v1/devices/me/...
+  (telemetry, attributes, rpc); a server-side RPC "ping" after the first telemetry of a session.
+  Each session receives only what was addressed to it ("me" topics are shared by every device).
 AWS IoT Core (docs/platforms/aws.md): fleet provisioning by claim over mutual TLS
 - a claim certificate issued at start (state dir aws-claim.pem, aws-claim.key) may only use
   $aws/certificates/create/json and $aws/provisioning-templates/<template>/provision/json and
@@ -112,6 +126,9 @@ Registry file (JSON; keys starting with "_" are comments, at any level):
      "protco": {"<pid>": {"secret": "...", "dynreg": true,
         "probe_commands": true,  # ping + property_set after the first property_report
         "res": ..., "reply": "normal"}},                         # test knobs, see below
+     "thingsboard": {"<provision device key>": {"secret": "<provision device secret>", "dynreg": true,
+        "auto_create": true,     # false: check for pre-provisioned devices, the names in "devices"
+        "devices": [], "probe_commands": true, "reply": "normal"}},  # ping RPC; test knob "none"
      "aws": {"<template>": {"dynreg": true,            # false: the template is disabled
         "parameters": {"<name>": {"pattern"?: "<regex>", "default"?: "..."}},  # no default = required
         "thing_name": "prefix-{SerialNumber}", "configuration": {...}}},    # deviceConfiguration
@@ -141,10 +158,11 @@ State directory (kept across restarts; delete it to start afresh):
                              "ucloud": {"<psn>/<dsn>": {"secret", ...}},
                              "protco": {"<pid>/<unique>": {"uuid", "pid", "secret", "barcode",
                              "commands_answered", ...}},
-                             "aws": {"<template>/<claim client id>": {"thing", "cert_fp", ...}}};
-                            every record also holds "activated",
+                             "aws": {"<template>/<claim client id>": {"thing", "cert_fp", ...}},
                              "azure": {"<scope>/<registration id>": {"secret" (the derived key), "hub",
-                             "device_id", ...}}}; every record also holds "activated",
+                             "device_id", ...}},
+                             "thingsboard": {"<key>/<name>": {"name", "profile", "secret",
+                             "token_id" | "basic_id", "rpc_answered", ...}}}; every record also holds "activated",
                             "registrations", "logins" and "round_trips" (of the last registration)
                             The file is also the console: replaced while the emulator runs (e.g. by
                             registry.forget_device(path, platform, key), "delete the device"), it is
@@ -164,8 +182,9 @@ that IP as registration and MQTT host. Log lines on stdout start with "cloud: " 
 secrets. Stop with Ctrl-C or SIGTERM.
 
 Modules: platform.py (the interface each platform implements, the MQTT-registration base shared
-by UCloud and Protco, the console login, logging), tencent.py, ucloud.py, protco.py, aliyun.py, aws.py, azure.py (each
-platform's rules), registry.py (products, device state), state.py (console password, used
+by UCloud, Protco and ThingsBoard, the console login, logging), tencent.py, ucloud.py, protco.py,
+aliyun.py, thingsboard.py, aws.py, azure.py (each platform's rules), mqtt5.py (MQTT 5 clients),
+registry.py (products, device state), state.py (console password, used
 signatures), certs.py (test PKI), http.py (HTTP/HTTPS servers), broker.py (amqtt subclass and
 plugins), connect.py (the first packet: MQTT 3.1, bounds), __main__.py (command line),
 proc.py (running it as a child process: tests, bench, sim runner, make hil).

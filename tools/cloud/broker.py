@@ -18,6 +18,7 @@ from amqtt.contexts import ListenerType
 from amqtt.mqtt.packet import DISCONNECT, PUBACK, PUBCOMP
 from amqtt.plugins.base import BaseAuthPlugin, BasePlugin, BaseTopicPlugin
 
+from . import mqtt5
 from .connect import Replayed, as_mqtt311, client_id, read_connect
 from .platform import ATTRIBUTES, DEVICE, EXPIRES, ROUND_TRIPS, RoundTrips, log, shown
 
@@ -113,7 +114,8 @@ class CloudBroker(Broker):
     probe_delay (seconds) holds back the SUBACK of a registration reply topic, so that a client
     that pipelines its request behind the SUBSCRIBE is told apart from one that waits.
     connect_timeout (seconds) bounds the TLS handshake and, after it, the arrival of the CONNECT.
-    The broker reads the CONNECT itself (connect.py: MQTT 3.1 is accepted as 3.1.1) and keeps the
+    The broker reads the CONNECT itself (connect.py: MQTT 3.1 is accepted as 3.1.1; mqtt5.py bridges
+    an MQTT 5 client's every packet) and keeps the
     open connections by client id: a login closes the older connection of its client id, as the
     clouds do and MQTT 3.1.1 requires (MQTT-3.1.4-2; amqtt forgets the older one but leaves it open).
     """
@@ -182,6 +184,8 @@ class CloudBroker(Broker):
         why = None
         try:
             body = await asyncio.wait_for(read_connect(reader), self.connect_timeout)
+            v5 = body.startswith(mqtt5.MQTT5)
+            head = as_mqtt311(mqtt5.connect_as_311(body) if v5 else body)
         except asyncio.TimeoutError:
             why = f"no CONNECT within {self.connect_timeout:g} s"
         except ValueError as e:
@@ -195,8 +199,13 @@ class CloudBroker(Broker):
         cid = client_id(body)
         self._open.setdefault(cid, {})[peer] = writer
         try:
-            await self._client_connected(listener_name, Replayed(as_mqtt311(body), StreamReaderAdapter(reader)),
-                                         StreamWriterAdapter(writer))
+            if v5:
+                unsubscribes = []  # UNSUBSCRIBE filter counts, for the UNSUBACKs
+                adapters = (mqtt5.Reader(head, StreamReaderAdapter(reader), unsubscribes),
+                            mqtt5.Writer(StreamWriterAdapter(writer), unsubscribes))
+            else:
+                adapters = Replayed(head, StreamReaderAdapter(reader)), StreamWriterAdapter(writer)
+            await self._client_connected(listener_name, *adapters)
         except (ConnectionError, ssl.SSLError) as e:
             # amqtt lets a client's reset escape while it closes a refused connection
             log(f"mqtt connection on {listener_name} ended: {type(e).__name__}")

@@ -271,6 +271,13 @@ class MqttRegistration(Platform):
         log(f"mqtt login {label} ok ({self.name}{'; device activated' if first else ''})")
         return True
 
+    def count(self, session, field):
+        """Add one to a counter of the session's device record."""
+        with self.store.lock:
+            record = self.store.get(self.name, session.attributes[RECORD])
+            record[field] = record.get(field, 0) + 1
+            self.store.put(self.name, session.attributes[RECORD], record)
+
     # -- topics and requests ------------------------------------------------------------------
 
     def topic_allowed(self, session, topic, action):

@@ -7,7 +7,8 @@ tools/cloud/<platform>.py; the meaning of each is in tools/cloud/__init__.py). K
 
 Device state file: {"<platform>": {"<key>": {record}}}; a record holds what the platform issued
 ("psk", "cert_fp" or "secret"), "activated" and counters. Keys: "<ProductId>/<DeviceName>"
-(Tencent), "<ProductSN>/<DeviceSN>" (UCloud), "<pid>/<unique>" (Protco).
+(Tencent), "<ProductSN>/<DeviceSN>" (UCloud), "<pid>/<unique>" (Protco), "<provision key>/<device
+name>" (ThingsBoard).
 """
 
 import json
@@ -28,11 +29,11 @@ class Product:
     pid: str
     secret: str
     dynreg: bool = True
-    auto_create: bool = True      # tencent
+    auto_create: bool = True      # tencent; thingsboard: "allow to create new devices" (else pre-provisioned)
     auth: str = "psk"             # tencent
-    devices: tuple = ()           # tencent: pre-created device names
+    devices: tuple = ()           # tencent: pre-created device names; thingsboard: pre-provisioned ones
     whitelist: tuple = None       # ucloud: DeviceSNs allowed to register (None = any)
-    probe_commands: bool = True   # protco: command a device after its first property report
+    probe_commands: bool = True   # protco, thingsboard: command a device after its first report
     forced_code: object = None    # test knob: ucloud "retcode", protco "res"
     reply: str = "normal"         # test knob: "normal", "none" or "other_id"
     options: dict = None          # every option as given: what only its platform reads (aws, azure), checked there

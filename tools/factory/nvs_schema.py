@@ -47,7 +47,7 @@ class Key:
 
 
 KEYS = (
-    Key("platform", TEXT, "`tencent`, `ucloud`, `protco`, `aliyun`, `aws` or `azure`", "required"),
+    Key("platform", TEXT, "`tencent`, `ucloud`, `protco`, `aliyun`, `thingsboard`, `aws` or `azure`", "required"),
     Key("wifi_ssid", TEXT, "Wi-Fi network (none: the network is up already)"),
     Key("wifi_pass", TEXT, "Wi-Fi password", secret=True),
     Key("wifi_timeout_ms", I32, "how long a Wi-Fi join may take before the attempt fails and backs off", "20000"),
@@ -55,11 +55,13 @@ KEYS = (
                       "settings: the platform's own, tools/factory/ca/, when the hosts are the platform's)",
         "required with TLS"),
     Key("tls", I32, "1: TLS, server verified against `ca` with `server_hostname`; 0: plain TCP (only if set)", "1"),
-    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid / AWS provisioning template name", "required"),
-    Key("prod_secret", TEXT, "the product secret shared by the whole product line", "required to register",
+    Key("prod_id", TEXT, "Tencent ProductId / UCloud ProductSN / Protco pid / ThingsBoard provision device key / "
+                         "AWS provisioning template name", "required"),
+    Key("prod_secret", TEXT, "the product secret shared by the whole product line (ThingsBoard: the provision device secret)", "required to register",
         secret=True),
     Key("dev_name", TEXT, "device name / DeviceSN / Protco unique id / AWS claim client id and default SerialNumber", "hex of the Wi-Fi MAC"),
-    Key("dev_secret", TEXT, "the device's own secret (Tencent psk, UCloud password, Protco secret); null = "
+    Key("dev_secret", TEXT, "the device's own secret (Tencent psk, UCloud password, Protco secret, ThingsBoard access token "
+                            "or MQTT_BASIC password); null = "
                             "register", secret=True, written=REGISTRATION),
     Key("dev_cert", BINARY, "Tencent certificate products, AWS: client certificate (DER)", secret=True,
         written=REGISTRATION),
@@ -108,6 +110,14 @@ KEYS = (
     Key("secure_mode", TEXT, "Aliyun MQTT registration `securemode`: `2` or `-2`", "`-2` with `instance_id`, else `2`"),
     Key("dev_client", TEXT, "Aliyun registration-free devices: the clientId the cloud assigned (its deviceToken "
                             "is `dev_secret`)", written=REGISTRATION),
+    Key("tb_cred", TEXT, "ThingsBoard: credentials to provision, `ACCESS_TOKEN` (a random token) or `MQTT_BASIC` "
+                         "(client id and user name = the device name, a random password), chosen by the device",
+        "`ACCESS_TOKEN`"),
+    Key("tb_pending", TEXT, "ThingsBoard: the token or password of a provisioning request sent, kept until its "
+                            "reply is stored (a lost reply is then not a lockout); emptied after", secret=True,
+        written=REGISTRATION),
+    Key("tb_client", TEXT, "ThingsBoard MQTT_BASIC: the client id provisioned", written=REGISTRATION),
+    Key("tb_user", TEXT, "ThingsBoard MQTT_BASIC: the user name provisioned", written=REGISTRATION),
     Key("claim_cert", BINARY, "AWS: the fleet provisioning claim certificate (DER), shared by the product line",
         "required to register", secret=True),
     Key("claim_key", BINARY, "AWS: the claim certificate's private key (DER); erased with `forget_prod`",
@@ -128,6 +138,7 @@ IDENTITY_KEYS = ("dev_secret", "dev_cert", "dev_key")  # any one with a real val
 # The hosts each platform's devices dial by default, and the domain its own hosts are under.
 PLATFORM_DOMAINS = {"tencent": ".tencentdevices.com", "ucloud": ".ucloud.cn", "protco": ".protco.in",
                     "aliyun": ".aliyuncs.com",
+                    "thingsboard": ".thingsboard.cloud",
                     "aws": ".amazonaws.com",
                     "azure": (".azure-devices.net", ".azure-devices-provisioning.net")}
 

@@ -78,6 +78,7 @@ CA_DIR = REPO / "tools" / "factory" / "ca"  # the clouds' public CAs, one <platf
 REGISTRATION_RESERVE = {
     "tencent": {"dev_secret": 64, "dev_cert": 2048, "dev_key": 2048, "dev_id": 96},
     "protco": {"dev_secret": 64, "dev_uuid": 64, "dev_pid": 64, "dev_id": 96},
+    "thingsboard": {"tb_pending": 32, "tb_client": 256, "tb_user": 256, "dev_secret": 64, "dev_id": 96},
     "aws": {"dev_cert": 1536, "dev_key": 1280, "thing_name": 128, "dev_id": 160},
 }
 DEFAULT_RESERVE = {"dev_secret": 64, "dev_id": 96}

@@ -25,7 +25,7 @@ import machine
 from dynreg import ConfigError, DynregError, log, net, shown
 from dynreg.store import Store, is_null
 
-PLATFORMS = ("tencent", "ucloud", "protco", "aliyun", "aws", "azure")
+PLATFORMS = ("tencent", "ucloud", "protco", "aliyun", "thingsboard", "aws", "azure")
 
 
 def _nothing(*args):

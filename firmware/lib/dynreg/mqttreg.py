@@ -1,5 +1,5 @@
-"""Registration over MQTT, shared by UCloud, Protco and Aliyun: a request/reply exchange in two round trips
-(exchange()), or a reply the broker pushes after CONNACK (wait(), Aliyun).
+"""Registration over MQTT, shared by UCloud, Protco, Aliyun and ThingsBoard: a request/reply exchange in two
+round trips (exchange()), or a reply the broker pushes after CONNACK (wait(), Aliyun).
 
 Round trip 1 is CONNECT/CONNACK (mqtt.login). Round trip 2 sends SUBSCRIBE and PUBLISH in one
 write (a broker handles one connection's packets in order, so the subscription exists before the
@@ -39,9 +39,12 @@ def reply(kind, body, topic):
 
 def exchange(s, topic, reply_topic, id_key, request, until, timeout_ms=5000):
     """On the logged-in (non-blocking) stream `s`: subscribe to `reply_topic`, publish the dict `request`
-    on `topic` with a fresh random id under `id_key`, and return the first reply carrying that id
-    (wait()); closes `s` either way."""
-    rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
+    on `topic` with a fresh random id under `id_key`, and return the first reply carrying that id (with
+    id_key None, as ThingsBoard's request has no id: the first reply on `reply_topic`) (wait()); closes `s`
+    either way."""
+    rid = None
+    if id_key:
+        rid = request[id_key] = binascii.hexlify(os.urandom(8)).decode()
     try:
         request = mqtt.packet(0x30, mqtt.string(topic) + json.dumps(request).encode())
     except BaseException:
