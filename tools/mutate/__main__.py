@@ -18,7 +18,7 @@ def main(argv=None):
     p.add_argument("--root", default=ROOT, help="tree to copy and mutate in (default: this repository)")
     p.add_argument("paths", nargs="*", help="files to mutate, relative to --root (default: %s)" % ", ".join(MODULES))
     p.add_argument("--tests", nargs="+", default=list(TESTS), help="pytest arguments that must catch the mutants")
-    p.add_argument("--timeout", type=float, default=40, help="seconds per mutant before it counts as killed")
+    p.add_argument("--timeout", type=float, default=120, help="seconds per mutant before it counts as killed")
     p.add_argument("--limit", type=int, help="at most this many mutants per file")
     p.add_argument("--jobs", type=int, default=1, help="mutants run at a time, each in its own copy of the tree")
     p.add_argument("--min-score", type=float, default=0, help="exit 1 when a file scores below this percentage")
