@@ -262,8 +262,8 @@ def test_build_under_micropython_writes_the_same_bytes(mixed, tmp_path):
     assert out.read_bytes() == mixed
 
 
-def _random_entries(seed):
-    rnd = random.Random(seed)
+def _random_entries(case):
+    rnd = random.Random(case)
     entries = {}
     for n in range(rnd.randint(1, 3)):
         keys = {}
@@ -282,9 +282,9 @@ def _random_entries(seed):
     return entries
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_entries_match_the_generator(seed, tmp_path):
-    entries = _random_entries(seed)
+@pytest.mark.parametrize("case", range(6))
+def test_random_entries_match_the_generator(case, tmp_path):
+    entries = _random_entries(case)
     proc, image = generate(tmp_path, entries)
     try:
         built = nvsformat.build(entries, 0x6000)
