@@ -553,6 +553,23 @@ def test_mqtt_login_broker_and_connack(interp, tmp_path):
     assert broker.seen[2:] == [(want, b"")] * 7
 
 
+
+NO_PASSWORD_MAIN = r'''
+for user in (None, "user"):
+    s = login("cid", user, None)
+    out(s.read(1))
+    s.close()
+'''
+
+
+@pytest.mark.parametrize("interp", INTERPS)
+def test_mqtt_login_without_user_or_password(interp, tmp_path):
+    """A client certificate is the credential: the fields left out are flagged off, reserved bit 0 stays 0."""
+    got, _, broker = _device(interp, tmp_path, [_answer(CONNACK_OK, False)] * 2, NO_PASSWORD_MAIN)
+    assert got == [[None], [None]]
+    assert broker.seen == [(packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x03cid"), b""),
+                           (packet(0x10, b"\x00\x04MQTT\x04\x82\x00\x3c\x00\x03cid\x00\x04user"), b"")]
+
 CONNECT_MAIN = r'''
 c = mqtt.connect(None, "127.0.0.1", PORT, "cid", "user", "pw", 30)
 out(c.client_id, c.server, c.port, c.keepalive)
