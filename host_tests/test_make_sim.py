@@ -1,9 +1,12 @@
 """`make sim` as a user runs it: each shipped settings file registers, resets, logs in, reports, exits 0,
 and prints no secret (product secrets, issued secrets, Wi-Fi password)."""
 
+import fcntl
 import json
+import os
 import re
 import subprocess
+import tempfile
 
 import pytest
 
@@ -11,6 +14,14 @@ from host_tests.conftest import REPO
 from host_tests.secrets_scan import assert_clean
 
 SETTINGS = sorted((REPO / "boards" / "sim" / "settings").glob("*.json"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fixed_ports():
+    """make sim listens on the settings' fixed ports (8443, 8883): two suites on one machine take turns."""
+    with open(os.path.join(tempfile.gettempdir(), "dynreg-ports.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda p: p.stem)
